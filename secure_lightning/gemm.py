@@ -1,0 +1,84 @@
+"""Exact int64 (mod 2^64) matmul and conv2d.
+
+On the CPU torch's own int64 kernels are exact. On CUDA, where int64 GEMM/conv kernels do not exist, each operand is
+split into four unsigned 16-bit limbs held in float64; only the 10 limb pairs (i, j) with i + j < 4 contribute
+modulo 2^64. All 10 products run as one batched matmul (or one grouped conv), are cast back to int64, shifted by
+16(i + j) and summed. A limb product is < 2^32, so a dot product is exact in float64's 53-bit mantissa while the
+inner dimension (k, or C_in/groups * kh * kw) is below 2^21: larger ones raise.
+
+`force_limbs=True` selects the limb path on any device, so its exactness is tested on the CPU.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LIMB_BITS = 16
+N_LIMBS = 4
+MAX_INNER = 1 << 21
+_PAIRS = [(i, j) for i in range(N_LIMBS) for j in range(N_LIMBS) if i + j < N_LIMBS]  # 10 pairs
+
+
+def _limbs(x: torch.Tensor) -> torch.Tensor:
+    """(4, *x.shape) float64 unsigned 16-bit limbs, least significant first."""
+    return torch.stack([((x >> (LIMB_BITS * i)) & 0xFFFF).to(torch.float64) for i in range(N_LIMBS)])
+
+
+def _combine(prods: torch.Tensor) -> torch.Tensor:
+    """prods: (10, ...) float64 limb-pair products in _PAIRS order -> int64 sum of prod << 16(i+j)."""
+    out = None
+    for p, (i, j) in enumerate(_PAIRS):
+        term = torch.bitwise_left_shift(prods[p].to(torch.int64), LIMB_BITS * (i + j))
+        out = term if out is None else out + term
+    return out
+
+
+def _check_inner(k: int, op: str):
+    if k >= MAX_INNER:
+        raise ValueError(f"{op}: inner dimension {k} >= 2^21, beyond what the 16-bit limb path computes exactly")
+
+
+def use_limbs(*ts: torch.Tensor, force: bool = False) -> bool:
+    return force or any(t.is_cuda for t in ts)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor, force_limbs: bool = False) -> torch.Tensor:
+    """a @ b over Z_2^64 with torch.matmul broadcasting (1-D operands included)."""
+    if not use_limbs(a, b, force=force_limbs):
+        return torch.matmul(a, b)
+    _check_inner(a.shape[-1], "matmul")
+    ia = torch.tensor([i for i, _ in _PAIRS], device=a.device)
+    jb = torch.tensor([j for _, j in _PAIRS], device=b.device)
+    la, lb = _limbs(a)[ia], _limbs(b)[jb]
+    if a.dim() == 1:
+        la = la.unsqueeze(-2)
+    if b.dim() == 1:
+        lb = lb.unsqueeze(-1)
+    nd = max(la.dim(), lb.dim())  # align batch dims behind the pair dim
+    la = la.reshape(la.shape[:1] + (1,) * (nd - la.dim()) + la.shape[1:])
+    lb = lb.reshape(lb.shape[:1] + (1,) * (nd - lb.dim()) + lb.shape[1:])
+    prods = torch.matmul(la, lb)
+    if a.dim() == 1:
+        prods = prods.squeeze(-2)
+    if b.dim() == 1:
+        prods = prods.squeeze(-1)
+    return _combine(prods)
+
+
+def conv2d(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation=1, groups: int = 1,
+           force_limbs: bool = False) -> torch.Tensor:
+    """F.conv2d over Z_2^64 (no bias). On the limb path the 10 pairs run as one grouped convolution."""
+    if not use_limbs(x, w, force=force_limbs):
+        return F.conv2d(x, w, None, stride, padding, dilation, groups)
+    _check_inner(w.shape[1] * w.shape[2] * w.shape[3], "conv2d")
+    unbatched = x.dim() == 3
+    if unbatched:
+        x = x.unsqueeze(0)
+    n, c, h, wd = x.shape
+    lx, lw = _limbs(x), _limbs(w)
+    xs = torch.stack([lx[i] for i, _ in _PAIRS], dim=1).reshape(n, len(_PAIRS) * c, h, wd)
+    ws = torch.cat([lw[j] for _, j in _PAIRS], dim=0)
+    y = F.conv2d(xs, ws, None, stride, padding, dilation, groups * len(_PAIRS))
+    y = y.reshape(n, len(_PAIRS), w.shape[0], *y.shape[-2:]).transpose(0, 1)
+    out = _combine(y)
+    return out.squeeze(0) if unbatched else out

@@ -1,0 +1,171 @@
+"""Replicated arithmetic sharing over Z_2^64: the share type, input sharing, opening, zero-sharing and resharing.
+
+A secret x = x_0 + x_1 + x_2. Party P_i holds Shares(cur=x_i, prev=x_{i-1}); every share is held by two parties, so
+any two parties can reconstruct and any single party sees only uniformly random values.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+
+from .. import ring
+from ..encoding import FixedPointRangeError
+
+
+class Shares(NamedTuple):
+    cur: torch.Tensor   # x_i
+    prev: torch.Tensor  # x_{i-1}
+
+    @property
+    def shape(self):
+        return self.cur.shape
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Shares":
+        """Apply a local linear map (view, permute, indexing, sum, ...) to both shares."""
+        return Shares(fn(self.cur), fn(self.prev))
+
+    def __add__(self, o: "Shares") -> "Shares":
+        return Shares(self.cur + o.cur, self.prev + o.prev)
+
+    def __sub__(self, o: "Shares") -> "Shares":
+        return Shares(self.cur - o.cur, self.prev - o.prev)
+
+    def __neg__(self) -> "Shares":
+        return Shares(-self.cur, -self.prev)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Correlated randomness (no communication)
+
+def zero_share(shape, *, party) -> torch.Tensor:
+    """alpha_i = PRG_{i,i+1} - PRG_{i-1,i}: three additive shares of zero. Cost: 0 rounds, 0 bytes."""
+    return party.prg_next.ring(shape, party.device) - party.prg_prev.ring(shape, party.device)
+
+
+def random_shares(shape, *, party) -> Shares:
+    """Replicated shares of a uniform r nobody knows: r_i = PRG_{i,i+1}. Cost: 0 rounds, 0 bytes."""
+    return Shares(party.prg_next.ring(shape, party.device), party.prg_prev.ring(shape, party.device))
+
+
+def public_shares(value: torch.Tensor, *, party) -> Shares:
+    """Shares of a public ring value c: x_0 = c, x_1 = x_2 = 0. Cost: 0."""
+    z = torch.zeros_like(value)
+    return Shares(value if party.rank == 0 else z, value if party.rank == 1 else z)
+
+
+def add_public(x: Shares, c: torch.Tensor, *, party) -> Shares:
+    """x + c for a public ring value c (added to x_0). Cost: 0."""
+    cur = x.cur + c if party.rank == 0 else x.cur.expand(torch.broadcast_shapes(x.cur.shape, c.shape))
+    prev = x.prev + c if party.rank == 1 else x.prev.expand(torch.broadcast_shapes(x.prev.shape, c.shape))
+    return Shares(cur.clone() if cur is x.cur else cur, prev)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Communication
+
+def reshare(z: torch.Tensor, *, party) -> Shares:
+    """3-out-of-3 additive shares z_i -> replicated Shares, re-randomised with a fresh zero-sharing.
+
+    Cost: 1 round; 1 ring element (8 bytes) per element sent per party.
+    """
+    with party.label("reshare"):
+        z = z + zero_share(z.shape, party=party)
+        return Shares(z, party.comm.send_next_recv_prev(z))
+
+
+_STATUS_OK, _STATUS_BAD = 0, 1
+_HEADER_LEN = 10  # status, ndim, up to 8 dims
+
+
+def _header(status: int, shape=()) -> torch.Tensor:
+    h = torch.zeros(_HEADER_LEN, dtype=torch.int64)
+    h[0], h[1] = status, len(shape)
+    h[2:2 + len(shape)] = torch.tensor(list(shape), dtype=torch.int64)
+    return h
+
+
+def share(x, owner: int, *, party, label: str = "input") -> Shares:
+    """Secret-share the owner's float tensor `x` (other parties pass None). Shapes are public.
+
+    The owner encodes x in fixed point (refusing NaN/inf and out-of-range values: every party then raises the same
+    error), draws x_o from PRG_{o,o+1} and x_{o-1} from PRG_{o-1,o}, and sends x_{o+1} = x - x_o - x_{o-1} to both
+    other parties. Cost: 2 rounds (header with status and shape, then shares); owner sends 2 x 80 header bytes and
+    2 ring elements per element, the others send nothing.
+    """
+    enc = None
+    with party.label(f"share/{label}"):
+        if party.rank == owner:
+            status, err = _STATUS_OK, None
+            try:
+                if x is None:
+                    raise ValueError("the owner must pass a tensor")
+                if x.dim() > _HEADER_LEN - 2:
+                    raise ValueError(f"at most {_HEADER_LEN - 2} dimensions can be shared, got {x.dim()}")
+                enc = party.encoding.encode(x, what=label).to(party.device)
+            except (FixedPointRangeError, TypeError, ValueError) as e:
+                status, err = _STATUS_BAD, e
+            h = _header(status, enc.shape if enc is not None else ())
+            party.comm.round({party.next: h, party.prev: h})
+            if err is not None:
+                raise type(err)(f"sharing '{label}' from party {owner}: {err}")
+        else:
+            h = party.comm.round({}, {owner: ((_HEADER_LEN,), torch.int64)})[owner]
+            if int(h[0]) != _STATUS_OK:
+                raise FixedPointRangeError(f"party {owner} could not share '{label}' (bad input: see party {owner})")
+        shape = tuple(int(s) for s in h[2:2 + int(h[1])])
+        return share_encoded(enc, owner, shape, party=party)
+
+
+def share_encoded(enc, owner: int, shape, *, party) -> Shares:
+    """Share the owner's ring tensor `enc` of public `shape` (others pass None). Cost: 1 round, owner sends 2
+    elements per element."""
+    rank = party.rank
+    if rank == owner:
+        if tuple(enc.shape) != tuple(shape):
+            raise ValueError(f"shape {tuple(enc.shape)} differs from the public shape {tuple(shape)}")
+        cur = party.prg_next.ring(shape, party.device)    # x_o: known to P_o and P_{o+1}
+        prev = party.prg_prev.ring(shape, party.device)   # x_{o-1}: known to P_{o-1} and P_o
+        third = enc - cur - prev                          # x_{o+1}: held by P_{o+1} and P_{o-1}
+        party.comm.round({party.next: third, party.prev: third})
+        return Shares(cur, prev)
+    got = party.comm.round({}, {owner: (shape, ring.DTYPE)})[owner].to(party.device)
+    if rank == (owner + 1) % 3:  # holds x_{o+1} (cur) and x_o (prev, from PRG with the owner)
+        return Shares(got, party.prg_prev.ring(shape, party.device))
+    return Shares(party.prg_next.ring(shape, party.device), got)  # P_{o-1}: x_{o-1} (cur), x_{o+1} (prev)
+
+
+def reveal(x: Shares, to: int | None = None, *, party, label: str = "reveal") -> torch.Tensor | None:
+    """Open the ring value to all parties (to=None) or to party `to` only; recorded in the party's audit.
+
+    Cost: 1 round. To all: 1 ring element per element sent by each party. To one party: 1 element per element, sent
+    by P_{to-1} only. Returns the ring tensor (None on parties that receive nothing).
+    """
+    with party.label(f"reveal/{label}"):
+        party.audit.record(label, x.shape, "all" if to is None else f"party {to}")
+        if to is None:
+            missing = party.comm.round({party.next: x.prev}, {party.prev: (x.shape, ring.DTYPE)})[party.prev]
+            return x.cur + x.prev + missing.to(x.cur.device)
+        if party.rank == to:
+            missing = party.comm.round({}, {party.prev: (x.shape, ring.DTYPE)})[party.prev]
+            return x.cur + x.prev + missing.to(x.cur.device)
+        party.comm.round({to: x.prev} if party.next == to else {})
+        return None
+
+
+def reveal_float(x: Shares, to: int | None = None, *, party, label: str = "reveal", dtype=torch.float64):
+    v = reveal(x, to, party=party, label=label)
+    return None if v is None else party.encoding.decode(v, dtype)
+
+
+def check_same_shape(x: Shares, *, party, what: str = "shares") -> None:
+    """All three parties agree on x's shape (guards against parties calling a protocol on different shapes).
+    Cost: 1 round, 80 bytes to each peer."""
+    h = _header(0, x.shape)
+    with party.label("check_shape"):
+        got = party.comm.round({party.next: h, party.prev: h},
+                               {party.next: (h.shape, h.dtype), party.prev: (h.shape, h.dtype)})
+    for p, g in got.items():
+        if not torch.equal(g, h):
+            other = tuple(int(s) for s in g[2:2 + int(g[1])])
+            raise ValueError(f"{what}: party {party.rank} has shape {tuple(x.shape)}, party {p} has {other}")
