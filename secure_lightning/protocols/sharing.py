@@ -50,15 +50,12 @@ def random_shares(shape, *, party) -> Shares:
 
 def public_shares(value: torch.Tensor, *, party) -> Shares:
     """Shares of a public ring value c: x_0 = c, x_1 = x_2 = 0. Cost: 0."""
-    z = torch.zeros_like(value)
-    return Shares(value if party.rank == 0 else z, value if party.rank == 1 else z)
+    return Shares(value * int(party.rank == 0), value * int(party.rank == 1))
 
 
 def add_public(x: Shares, c: torch.Tensor, *, party) -> Shares:
-    """x + c for a public ring value c (added to x_0). Cost: 0."""
-    cur = x.cur + c if party.rank == 0 else x.cur.expand(torch.broadcast_shapes(x.cur.shape, c.shape))
-    prev = x.prev + c if party.rank == 1 else x.prev.expand(torch.broadcast_shapes(x.prev.shape, c.shape))
-    return Shares(cur.clone() if cur is x.cur else cur, prev)
+    """x + c for a public ring value c (added to x_0, which P0 holds as cur and P1 as prev). Cost: 0."""
+    return Shares(x.cur + c * int(party.rank == 0), x.prev + c * int(party.rank == 1))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
