@@ -1,0 +1,481 @@
+"""Comparisons, ReLU, max/argmax and pooling on replicated arithmetic shares.
+
+Bits returned here are arithmetic Shares of ring integers 0/1 (NOT fixed-point scaled): multiply them into a
+fixed-point value with a ring product (arithmetic.mul(..., fixed=False)), never a truncating one.
+
+Building blocks (protocols/convert.py): msb (7 rounds, exact for every ring value) and inject (1 round: arithmetic
+b and b * x from a binary bit b). Roles: the `sender` of msb's first round and of inject sends more than the other
+two; sender=None (the default) cuts the elements in three chunks led by P0, P1, P2 in the same rounds (balanced),
+sender=k gives the role to P_k for all elements.
+
+Ranges: comparisons of x and y are exact whenever x - y does not wrap, i.e. |x - y| < 2^63 as signed ring integers
+(so for all fixed-point values with |x|, |y| < 2^62 raw, i.e. |value| < 2^(62-f)). ReLU's bit is exact for every ring
+value but -2^63. Nothing is opened: party.audit stays empty.
+
+Cost notation (bytes sent by ONE party; n elements; ceil packing of bit messages):
+  T(n)  = sum_k ceil(n b_k / 8), b = (63, 31, 15, 7, 3, 1)    msb's AND tree, every party (~15 n)
+  S(n)  = 2 (8 n + ceil(63 n / 8))                          msb round 1, the sender          (~31.75 n)
+  H(n)  = ceil(63 n / 8)                                    msb round 1, the other two      (~7.9 n)
+  Sb(n) = 2 (8 m + ceil(126 m / 8)), n = 3 m                msb round 1, balanced, each party (~15.8 n)
+                                   rounds   single sender: sender / others          balanced (n = 3m), each party
+  ltz, lt, gt, le, ge (n)          8        S+T+16n / H+T+8n                        Sb+T+32m     (~41.5 n)
+  eq (n)                           8        as ltz on 2n elements                   as ltz on 2n
+  relu (n)                         8        S+T+32n / H+T+16n  (~78.8 n / 38.9 n)   Sb+T+64m     (~52.2 n)
+  relu_backward, mux (n)           1        8n (every party)
+  max over n values, R rows        8 ceil(log2 n)     per level: see `max`
+  max_pool2d                       as max with R = N C OH OW rows of K = kh kw values
+  max_pool2d_backward              1        8 R K (every party)
+  avg_pool2d, adaptive_avg_pool2d  3        16 per output element (one truncation)
+  their backward                   3        16 per grad_out element
+"""
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import gemm, ring
+from . import binary as B
+from .arithmetic import mul, mul_public
+from .convert import inject, msb
+from .sharing import Shares, add_public
+
+PAD_NEG = -(1 << 62)  # "minus infinity" for max pooling: below every value in the documented range |x| < 2^62
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Helpers
+
+def _public(y, like: Shares, *, party) -> torch.Tensor:
+    """A public float tensor/number in fixed point, on the shares' device."""
+    y = torch.as_tensor(y)
+    if not y.is_floating_point():
+        y = y.to(torch.float64)
+    return party.encoding.encode(y, what="public comparison operand").to(like.cur.device)
+
+
+def _diff(x: Shares, y, *, party) -> Shares:
+    """x - y for y Shares or public (float tensor / number)."""
+    if isinstance(y, Shares):
+        return x - y
+    return add_public(x, -_public(y, x, party=party), party=party)
+
+
+def _one_minus(b: Shares, *, party) -> Shares:
+    """1 - b for an arithmetic bit. Cost: 0."""
+    return add_public(-b, torch.ones((), dtype=ring.DTYPE, device=b.cur.device), party=party)
+
+
+def _ones(shape, *, party) -> Shares:
+    o = torch.ones(shape, dtype=ring.DTYPE, device=party.device)
+    z = torch.zeros_like(o)
+    return Shares(o if party.rank == 0 else z, o if party.rank == 1 else z)
+
+
+def _where(cond: torch.Tensor, a: Shares, b: Shares) -> Shares:
+    """Public selection (cond is public): elementwise a where cond else b. Cost: 0."""
+    return Shares(torch.where(cond, a.cur, b.cur), torch.where(cond, a.prev, b.prev))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Comparisons
+
+def ltz(x: Shares, *, party, sender: int | None = None) -> Shares:
+    """[x < 0] as an arithmetic 0/1 bit (exact for every ring value; x read as signed).
+
+    Cost: 8 rounds (msb 7 + b2a 1). Single sender: S(n) + T(n) + 16 n bytes, others H(n) + T(n) + 8 n.
+    Balanced (n = 3 m): Sb(n) + T(n) + 32 m bytes each.
+    Error: none (exact for every ring value).
+    """
+    with party.label("ltz"):
+        flat = x.map(lambda t: t.reshape(-1))
+        bit = inject(msb(flat, party=party, sender=sender), [None], party=party, sender=sender)[0]
+        return bit.map(lambda t: t.view(x.shape))
+
+
+def lt(x: Shares, y, *, party, sender: int | None = None) -> Shares:
+    """[x < y]; y Shares or public float tensor/number (encoded with party.encoding). Cost: as ltz.
+    Error: none while x - y does not wrap (|x|, |y| < 2^62 raw)."""
+    with party.label("lt"):
+        return ltz(_diff(x, y, party=party), party=party, sender=sender)
+
+
+def gt(x: Shares, y, *, party, sender: int | None = None) -> Shares:
+    """[x > y] = [y - x < 0]. Cost: as ltz."""
+    with party.label("gt"):
+        return ltz(-_diff(x, y, party=party), party=party, sender=sender)
+
+
+def le(x: Shares, y, *, party, sender: int | None = None) -> Shares:
+    """[x <= y] = 1 - [x > y]. Cost: as ltz."""
+    return _one_minus(gt(x, y, party=party, sender=sender), party=party)
+
+
+def ge(x: Shares, y, *, party, sender: int | None = None) -> Shares:
+    """[x >= y] = 1 - [x < y]. Cost: as ltz."""
+    return _one_minus(lt(x, y, party=party, sender=sender), party=party)
+
+
+def eq(x: Shares, y, *, party, sender: int | None = None) -> Shares:
+    """[x == y] = 1 - [x < y] - [y < x], both signs in the same rounds.
+
+    Cost: 8 rounds; as ltz on 2 n elements (single sender: S(2n) + T(2n) + 32 n, others H(2n) + T(2n) + 16 n).
+    """
+    with party.label("eq"):
+        d = _diff(x, y, party=party)
+        both = Shares(torch.stack([d.cur, -d.cur]).reshape(-1), torch.stack([d.prev, -d.prev]).reshape(-1))
+        bits = inject(msb(both, party=party, sender=sender), [None], party=party, sender=sender)[0]
+        bits = bits.map(lambda t: t.view((2,) + tuple(d.shape)))
+        return _one_minus(Shares(bits.cur[0] + bits.cur[1], bits.prev[0] + bits.prev[1]), party=party)
+
+
+def mux(bit: Shares, a: Shares, b: Shares, *, party) -> Shares:
+    """bit ? a : b = b + bit (a - b) for an arithmetic 0/1 bit (a, b any scale). Cost: 1 round, 8 bytes per element."""
+    with party.label("mux"):
+        return b + mul(bit, a - b, party=party, fixed=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ReLU
+
+def relu(x: Shares, *, party, sender: int | None = None) -> tuple[Shares, Shares]:
+    """(relu(x), drelu) with drelu = [x > 0] (torch's threshold_backward convention: gradient 0 at x = 0).
+
+    drelu = NOT msb(x - 1) (exact for every ring value except -2^63); relu(x) = drelu * x and drelu itself come out
+    of one inject round. relu(x) is exact (no truncation): the encoded value of max(x, 0).
+    Cost: 8 rounds (msb 7 + inject 1). Single sender: S(n) + T(n) + 32 n bytes, others H(n) + T(n) + 16 n
+    (~78.8 / 38.9 bytes per element). Balanced (default, n = 3 m): Sb(n) + T(n) + 64 m each (~52.2 n).
+    Error: none (relu(x) is the exact encoded max(x, 0); the bit is exact for every x except -2^63).
+    """
+    with party.label("relu"):
+        flat = x.map(lambda t: t.reshape(-1))
+        minus1 = add_public(flat, torch.full((), -1, dtype=ring.DTYPE, device=x.cur.device), party=party)
+        pos = B.not_(msb(minus1, party=party, sender=sender), party=party, live=1)
+        bit, y = inject(pos, [None, flat], party=party, sender=sender)
+        return y.map(lambda t: t.view(x.shape)), bit.map(lambda t: t.view(x.shape))
+
+
+def relu_backward(grad: Shares, drelu_bit: Shares, *, party) -> Shares:
+    """grad * drelu (ring product, no truncation: the bit is an integer). Cost: 1 round, 8 bytes per element."""
+    with party.label("relu_backward"):
+        return mul(grad, drelu_bit, party=party, fixed=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Max / argmax
+
+def _max_last(x: Shares, *, party, sender: int | None = None) -> tuple[Shares, Shares]:
+    """Max over the last dimension by a pairwise tree: (values (...), onehot (..., n)).
+
+    Level: candidates (0,1), (2,3), ... are compared (an odd last one is carried); bit = [a >= b] (ties keep the
+    lower index, so the onehot has exactly one 1: the first maximum, as torch.argmax); new = b + bit (a - b). Every
+    original position remembers which candidate holds it; the onehots of the two paired groups are updated in the
+    same inject round as the values: oh_a *= bit, oh_b -= bit * oh_b (the first level needs only b2a of the bit).
+    All rows are flattened into one vector per level so that the balanced mode spreads the sender role over them.
+    """
+    n = x.shape[-1]
+    if n == 0:
+        raise ValueError("max over an empty dimension")
+    lead = x.shape[:-1]
+    x2 = x.map(lambda t: t.reshape(-1, n))
+    R, dev = x2.shape[0], x.cur.device
+    owner = torch.arange(n, device=dev)
+    cand, oh = x2, None  # oh None: every position's onehot entry is the public 1
+    level = 0
+    while cand.shape[-1] > 1:
+        m = cand.shape[-1]
+        k = m // 2
+        a = cand.map(lambda t: t[:, 0:2 * k:2])
+        b = cand.map(lambda t: t[:, 1:2 * k:2])
+        diff = a - b
+        pos = torch.nonzero(owner < 2 * k).squeeze(-1)
+        pair_of = owner[pos] // 2
+        side_b = (owner[pos] % 2 == 1)
+        q = pos.numel()
+        with party.label(f"level{level}"):
+            flat_diff = diff.map(lambda t: t.reshape(-1))
+            ge_bit = B.not_(msb(flat_diff, party=party, sender=sender), party=party, live=1)  # [a >= b]
+            if oh is None:
+                sel, bit = inject(ge_bit, [flat_diff, None], party=party, sender=sender)
+                g = bit.map(lambda t: t.view(R, k)[:, pair_of])
+                at_pos = _where(side_b, _one_minus(g, party=party), g)
+                oh = _ones((R, n), party=party)
+            else:
+                ohp = oh.map(lambda t: t[:, pos])
+                flat_index = (torch.arange(R, device=dev).view(R, 1) * k + pair_of.view(1, q)).reshape(-1)
+                sel, prod = inject(ge_bit, [flat_diff, (ohp.map(lambda t: t.reshape(-1)), flat_index)],
+                                   party=party, sender=sender)
+                prod = prod.map(lambda t: t.view(R, q))
+                at_pos = _where(side_b, ohp - prod, prod)
+        cur, prev = oh.cur.clone(), oh.prev.clone()
+        cur[:, pos], prev[:, pos] = at_pos.cur, at_pos.prev
+        oh = Shares(cur, prev)
+        new = b + sel.map(lambda t: t.view(R, k))
+        if m % 2:
+            new = Shares(torch.cat([new.cur, cand.cur[:, -1:]], -1), torch.cat([new.prev, cand.prev[:, -1:]], -1))
+        cand = new
+        owner = torch.where(owner < 2 * k, owner // 2, torch.full_like(owner, k))
+        level += 1
+    if oh is None:
+        oh = _ones((R, n), party=party)
+    return cand.map(lambda t: t.view(lead)), oh.map(lambda t: t.view(x.shape))
+
+
+def max(x: Shares, dim: int, keepdim: bool = False, *, party, sender: int | None = None) -> tuple[Shares, Shares]:
+    """(max along `dim`, onehot of the (first) argmax, same shape as x).
+
+    ceil(log2 n) comparison levels of 8 rounds each (msb 7 + one inject round that also updates the onehots).
+    Values are exact. Level l with m candidates compares N = R * floor(m/2) pairs (R = numel / n rows) and updates
+    the onehot entries of the q positions per row that sit in a pair (all but a carried odd group).
+    Cost per level, single sender: sender S(N) + T(N) + 16 (2N) bytes at level 0, S(N) + T(N) + 16 (2N + R q)
+    later; others H(N) + T(N) + 8 (2N) at level 0, H(N) + T(N) + 8 (N + R q) later. Balanced: the same total
+    spread over the three parties (each sends ~1/3 of the sum over roles).
+    Range: |x| < 2^62 raw (differences must not wrap).
+    """
+    dim = dim % builtins.max(x.cur.dim(), 1)
+    with party.label("max"):
+        xt = x.map(lambda t: t.movedim(dim, -1))
+        vals, oh = _max_last(xt, party=party, sender=sender)
+        oh = oh.map(lambda t: t.movedim(-1, dim))
+        if keepdim:
+            vals = vals.map(lambda t: t.unsqueeze(dim))
+        return vals, oh
+
+
+def argmax(x: Shares, dim: int, keepdim: bool = False, *, party, sender: int | None = None) -> Shares:
+    """Onehot bits (same shape as x) of the first maximum along `dim`. Cost: as max (keepdim has no effect on the
+    onehot, which always has x's shape)."""
+    return max(x, dim, keepdim, party=party, sender=sender)[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pooling geometry (public)
+
+def _pair(v, name: str) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(int(t) for t in v)
+    if len(v) == 1:
+        return (v[0], v[0])
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or a pair, got {v}")
+    return v
+
+
+def _out_size(size, k, s, p, d, ceil_mode) -> int:
+    """torch's pooling output size (aten pooling_output_shape)."""
+    num = size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)
+    out = num // s + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """Public shape information of a 2-D pooling: windows as indices into the padded (Hp, Wp) plane."""
+    in_shape: tuple      # input shape as given ((N, C, H, W) or (C, H, W))
+    H: int
+    W: int
+    OH: int
+    OW: int
+    pad_top: int
+    pad_left: int
+    Hp: int
+    Wp: int
+    index: torch.Tensor  # (OH, OW, K) long: flat index into the padded plane for each window element
+
+    @property
+    def K(self) -> int:
+        return self.index.shape[-1]
+
+
+def pool_geometry(in_shape, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                  op: str = "pool2d") -> PoolGeometry:
+    if len(in_shape) not in (3, 4):
+        raise ValueError(f"{op}: expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, got shape {tuple(in_shape)}")
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = _pair(stride if stride is not None and stride != [] and stride != () else (kh, kw), "stride")
+    ph, pw = _pair(padding, "padding")
+    dh, dw = _pair(dilation, "dilation")
+    if min(kh, kw, sh, sw, dh, dw) <= 0 or min(ph, pw) < 0:
+        raise ValueError(f"{op}: kernel, stride and dilation must be positive and padding non-negative")
+    if ph > kh // 2 or pw > kw // 2:
+        raise ValueError(f"{op}: padding {(ph, pw)} must be at most half the kernel size {(kh, kw)} (as in torch)")
+    H, W = int(in_shape[-2]), int(in_shape[-1])
+    OH, OW = _out_size(H, kh, sh, ph, dh, ceil_mode), _out_size(W, kw, sw, pw, dw, ceil_mode)
+    if OH <= 0 or OW <= 0:
+        raise ValueError(f"{op}: output size {(OH, OW)} is too small for input {(H, W)}")
+    need_h, need_w = (OH - 1) * sh + dh * (kh - 1) + 1, (OW - 1) * sw + dw * (kw - 1) + 1
+    Hp, Wp = builtins.max(H + 2 * ph, need_h), builtins.max(W + 2 * pw, need_w)
+    oy = torch.arange(OH).view(OH, 1, 1, 1) * sh + torch.arange(kh).view(1, 1, kh, 1) * dh
+    ox = torch.arange(OW).view(1, OW, 1, 1) * sw + torch.arange(kw).view(1, 1, 1, kw) * dw
+    index = (oy * Wp + ox).reshape(OH, OW, kh * kw)
+    return PoolGeometry(tuple(in_shape), H, W, OH, OW, ph, pw, Hp, Wp, index)
+
+
+def _batched(x: Shares) -> Shares:
+    return x if x.cur.dim() == 4 else x.map(lambda t: t.unsqueeze(0))
+
+
+def _windows(x: Shares, geo: PoolGeometry, pad_value: int, *, party) -> Shares:
+    """(N, C, OH, OW, K) shares of every window element; padding holds the public pad_value. Cost: 0."""
+    x4 = _batched(x)
+    N, C = x4.shape[0], x4.shape[1]
+
+    def one(t, fill):
+        p = torch.full((N, C, geo.Hp, geo.Wp), fill, dtype=ring.DTYPE, device=t.device)
+        p[:, :, geo.pad_top:geo.pad_top + geo.H, geo.pad_left:geo.pad_left + geo.W] = t
+        return p.reshape(N, C, geo.Hp * geo.Wp)[..., geo.index.to(t.device)]
+
+    return Shares(one(x4.cur, pad_value if party.rank == 0 else 0), one(x4.prev, pad_value if party.rank == 1 else 0))
+
+
+def _fold(win: Shares, geo: PoolGeometry) -> Shares:
+    """Adjoint of _windows: sum (N, C, OH, OW, K) window values into the input positions (padding dropped). Cost: 0."""
+    def one(t):
+        N, C = t.shape[0], t.shape[1]
+        flat = torch.zeros(N, C, geo.Hp * geo.Wp, dtype=t.dtype, device=t.device)
+        flat.index_add_(2, geo.index.reshape(-1).to(t.device), t.reshape(N, C, -1))
+        out = flat.view(N, C, geo.Hp, geo.Wp)[:, :, geo.pad_top:geo.pad_top + geo.H,
+                                              geo.pad_left:geo.pad_left + geo.W]
+        return out.reshape(geo.in_shape)
+    return win.map(one)
+
+
+def _unbatch(y: Shares, geo: PoolGeometry) -> Shares:
+    return y if len(geo.in_shape) == 4 else y.map(lambda t: t.squeeze(0))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Max pooling
+
+@dataclass
+class MaxPoolSaved:
+    """What max_pool2d_backward needs: the onehot of each window's maximum and the window geometry."""
+    onehot: Shares        # (N, C, OH, OW, K) arithmetic bits
+    geometry: PoolGeometry
+
+
+def max_pool2d(x: Shares, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, party,
+               sender: int | None = None) -> tuple[Shares, MaxPoolSaved]:
+    """F.max_pool2d on shares (all torch arguments), plus the saved onehot for backward.
+
+    Windows are gathered locally (padding = the public PAD_NEG, below every in-range value), then max over the
+    K = kh * kw window elements with the comparison tree of `max`: ceil(log2 K) levels of 8 rounds, values exact.
+    Cost: as `max` with R = N C OH OW rows of n = K values (e.g. 2x2: 16 rounds).
+    Range: |x| < 2^62 raw.
+    """
+    geo = pool_geometry(tuple(x.shape), kernel_size, stride, padding, dilation, ceil_mode, op="max_pool2d")
+    with party.label("max_pool2d"):
+        win = _windows(x, geo, PAD_NEG, party=party)
+        vals, oh = _max_last(win, party=party, sender=sender)
+    return _unbatch(vals, geo), MaxPoolSaved(oh, geo)
+
+
+def max_pool2d_backward(grad_out: Shares, saved: MaxPoolSaved, *, party) -> Shares:
+    """Gradient of max_pool2d: grad_out routed to each window's argmax (onehot * grad, a ring product), then summed
+    into the input positions (local col2im). Cost: 1 round; 8 bytes per (output element x K) per party."""
+    geo = saved.geometry
+    with party.label("max_pool2d_backward"):
+        g = _batched(grad_out).map(lambda t: t.unsqueeze(-1))
+        return _fold(mul(saved.onehot, g, party=party, fixed=False), geo)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Average pooling
+
+def _inverse_public(div: torch.Tensor, *, party) -> torch.Tensor:
+    """round(2^f / div) as ring integers."""
+    return torch.round(party.encoding.scale / div.to(torch.float64)).to(ring.DTYPE).to(party.device)
+
+
+def _avg_divisor(geo: PoolGeometry, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                 divisor_override) -> torch.Tensor:
+    """torch's divisor per output position (OH, OW), from torch's own avg_pool2d on a ones plane."""
+    if divisor_override is not None:
+        if int(divisor_override) == 0:
+            raise ValueError("avg_pool2d: divisor_override must be non-zero")
+        return torch.full((geo.OH, geo.OW), float(divisor_override), dtype=torch.float64)
+    ones = torch.ones(1, 1, geo.H, geo.W, dtype=torch.float64)
+    args = (kernel_size, stride, padding, ceil_mode)
+    valid = F.avg_pool2d(ones, *args, count_include_pad=True, divisor_override=1)
+    avg = F.avg_pool2d(ones, *args, count_include_pad=count_include_pad)
+    return torch.round(valid / avg)[0, 0]
+
+
+def avg_pool2d(x: Shares, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None, *, party) -> Shares:
+    """F.avg_pool2d on shares (all torch arguments): local sum-pool, then times public round(2^f / divisor), truncated.
+
+    Cost: 3 rounds (one truncation); 16 bytes per output element per party.
+    Error: |out - mean| <= 1 ulp (truncation) + |window sum| * 2^-(f+1) (rounding of 1/divisor), ulp = 2^-f.
+    """
+    geo = pool_geometry(tuple(x.shape), kernel_size, stride, padding, 1, ceil_mode, op="avg_pool2d")
+    div = _avg_divisor(geo, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    with party.label("avg_pool2d"):
+        s = _windows(x, geo, 0, party=party).map(lambda t: t.sum(-1))
+        return _unbatch(mul_public(s, _inverse_public(div, party=party), party=party, fixed=True), geo)
+
+
+def avg_pool2d_backward(grad_out: Shares, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
+                        count_include_pad=True, divisor_override=None, *, party) -> Shares:
+    """Gradient of avg_pool2d: grad / divisor (public multiply + one truncation), spread over each window (col2im).
+
+    Cost: 3 rounds; 16 bytes per output element per party.
+    Error: per input position, at most (number of windows covering it) x (1 ulp + |grad| * 2^-(f+1)).
+    """
+    geo = pool_geometry(tuple(input_shape), kernel_size, stride, padding, 1, ceil_mode, op="avg_pool2d_backward")
+    div = _avg_divisor(geo, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    with party.label("avg_pool2d_backward"):
+        g = mul_public(_batched(grad_out), _inverse_public(div, party=party), party=party, fixed=True)
+        return _fold(g.map(lambda t: t.unsqueeze(-1).expand(*t.shape, geo.K)), geo)
+
+
+def _adaptive_matrix(size: int, out: int) -> torch.Tensor:
+    """(out, size) 0/1 window membership of adaptive pooling: window i = [floor(i size/out), ceil((i+1) size/out))."""
+    m = torch.zeros(out, size, dtype=ring.DTYPE)
+    for i in range(out):
+        lo, hi = (i * size) // out, -((-(i + 1) * size) // out)
+        m[i, lo:hi] = 1
+    return m
+
+
+def _adaptive_setup(in_shape, output_size, op):
+    if len(in_shape) not in (3, 4):
+        raise ValueError(f"{op}: expected a 3-D or 4-D input, got shape {tuple(in_shape)}")
+    H, W = int(in_shape[-2]), int(in_shape[-1])
+    oh, ow = (output_size, output_size) if isinstance(output_size, int) or output_size is None else output_size
+    oh, ow = H if oh is None else int(oh), W if ow is None else int(ow)
+    if oh <= 0 or ow <= 0:
+        raise ValueError(f"{op}: output_size must be positive, got {(oh, ow)}")
+    ah, aw = _adaptive_matrix(H, oh), _adaptive_matrix(W, ow)
+    div = ah.sum(1).view(-1, 1).to(torch.float64) * aw.sum(1).view(1, -1).to(torch.float64)
+    return ah, aw, div
+
+
+def adaptive_avg_pool2d(x: Shares, output_size, *, party) -> Shares:
+    """F.adaptive_avg_pool2d on shares: window sums A_h x A_w^T (local, exact int64 products with public 0/1
+    matrices; non-uniform windows as torch), times public round(2^f / window size), truncated.
+
+    Cost: 3 rounds; 16 bytes per output element per party. Error: as avg_pool2d.
+    """
+    ah, aw, div = _adaptive_setup(tuple(x.shape), output_size, "adaptive_avg_pool2d")
+    dev = x.cur.device
+    ah, aw = ah.to(dev), aw.to(dev)
+    with party.label("adaptive_avg_pool2d"):
+        s = x.map(lambda t: gemm.matmul(gemm.matmul(ah, t), aw.t().contiguous()))
+        return mul_public(s, _inverse_public(div, party=party), party=party, fixed=True)
+
+
+def adaptive_avg_pool2d_backward(grad_out: Shares, input_shape, *, party) -> Shares:
+    """Gradient of adaptive_avg_pool2d: A_h^T (grad / window size) A_w. Cost: 3 rounds; 16 bytes per output element
+    per party. Error: per input position, (number of windows covering it) x (1 ulp + |grad| 2^-(f+1))."""
+    ah, aw, div = _adaptive_setup(tuple(input_shape), tuple(grad_out.shape[-2:]), "adaptive_avg_pool2d_backward")
+    dev = grad_out.cur.device
+    ah, aw = ah.to(dev), aw.to(dev)
+    with party.label("adaptive_avg_pool2d_backward"):
+        g = mul_public(grad_out, _inverse_public(div, party=party), party=party, fixed=True)
+        return g.map(lambda t: gemm.matmul(gemm.matmul(ah.t().contiguous(), t), aw))

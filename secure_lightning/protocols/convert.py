@@ -1,0 +1,289 @@
+"""Conversions between arithmetic shares (Z_2^64) and binary (XOR) shares: a2b, msb, b2a, bit_inject.
+
+Both directions use the same observation about replication: with roles s (`sender`), n = s+1, p = s-1,
+  * arithmetic x = x_s + x_p + x_n, where P_s holds x_s and x_p, so v = x_s + x_p is known to P_s alone and
+    c = x_n is known to P_n and P_p: x = v + c is a sum of TWO addends (the 3 -> 2 reduction is local);
+  * binary b = b_s ^ b_p ^ b_n: d = b_s ^ b_p is known to P_s, c = b_n to P_n and P_p, b = d ^ c.
+A product of something P_s knows with something P_n and P_p both know is then computed in one round by a 3-party
+OT-style exchange whose masks all come from the pair PRGs (nothing from torch's generator, no masks sent), and whose
+output is already replicated (no resharing round).
+
+Every protocol states `Cost:` per party, split by role (s / n / p); "n" below means number of elements.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .. import ring
+from . import binary as B
+from .binary import BinShares
+from .sharing import Shares
+
+G_LIVE = B.mask_range(0, 63)  # generate bits 0..62 feed the carries into bits 1..63
+
+
+def _roles(sender: int):
+    return sender % 3, (sender + 1) % 3, (sender - 1) % 3
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Arithmetic -> binary
+
+def _split_part(x: Shares, sender: int, p_live: int, g_live: int, *, party) -> B.Part:
+    """One sender's share of split_generate_propagate's round (all PRG draws happen here, before the round)."""
+    s, nx, pv = _roles(sender)
+    rank, shape, dev = party.rank, x.shape, x.cur.device
+    gm, pm = B.as_i64(g_live), B.as_i64(p_live)
+    if rank == s:
+        v = x.cur + x.prev
+        u_s, r1, w1 = (party.prg_next.ring(shape, dev) for _ in range(3))
+        u_p, r0, w0 = (party.prg_prev.ring(shape, dev) for _ in range(3))
+        u_n = (v ^ u_s ^ u_p) & pm
+        a_n = (v ^ r0 ^ w0) & gm
+        a_p = (v ^ r1 ^ w1) & gm
+        return B.Part({nx: [(u_n, p_live), (a_n, g_live)], pv: [(u_n, p_live), (a_p, g_live)]}, {},
+                      lambda got: (BinShares(r1 & gm, r0 & gm), BinShares(u_s & pm, u_p & pm)))
+    is_n = rank == nx
+    other = pv if is_n else nx
+    prg_s = party.prg_prev if is_n else party.prg_next  # the stream shared with P_s
+    c = x.cur if is_n else x.prev                       # x_n: P_n holds (x_n, x_s), P_p holds (x_p, x_n)
+    u_mine, r_mine, w = (prg_s.ring(shape, dev) for _ in range(3))  # P_n: u_s, R1, W'; P_p: u_p, R0, W
+    h = (r_mine ^ (c & (w ^ r_mine))) & gm               # c ? W : R  (bitwise)
+
+    def finish(got):
+        u_n, a = got[s]
+        g_n = ((c & a) ^ got[other][0] ^ r_mine) & gm
+        if is_n:
+            return BinShares(g_n, r_mine & gm), BinShares((u_n ^ c) & pm, u_mine & pm)
+        return BinShares(r_mine & gm, g_n), BinShares(u_mine & pm, (u_n ^ c) & pm)
+
+    return B.Part({other: [(h, g_live)]}, {s: [(shape, p_live), (shape, g_live)], other: [(shape, g_live)]}, finish)
+
+
+def _cat_bin(xs, shape) -> BinShares:
+    return BinShares(torch.cat([x.cur for x in xs]).view(shape), torch.cat([x.prev for x in xs]).view(shape))
+
+
+def split_generate_propagate(x: Shares, p_live: int = B.ALL, g_live: int = G_LIVE, *, party,
+                             sender: int | None = None):
+    """(g, p) = (v & c, v ^ c) as binary shares, for x = v + c with v = x_s + x_p (P_s) and c = x_n (P_n, P_p).
+
+    One round:
+      1. P_s: u_s <- PRG_{s,n}, u_p <- PRG_{p,s}, u_n = v ^ u_s ^ u_p (binary shares of v), sent to P_n and P_p.
+      2. g = v & c with output shares g_s = R1 <- PRG_{s,n}, g_p = R0 <- PRG_{p,s}, g_n = (v & c) ^ R0 ^ R1.
+         P_n must learn (v & c) ^ R0: P_s sends a = v ^ R0 ^ W (W <- PRG_{s,p}); the helper P_p, who knows c, R0 and
+         W, sends h = c ? W : R0 (bitwise); P_n computes (c & a) ^ h. Symmetrically P_p learns (v & c) ^ R1 from
+         a' = v ^ R1 ^ W' (W' <- PRG_{s,n}) and h' = c ? W' : R1 from P_n.
+    Privacy: P_n sees u_n (masked by u_p), a (masked by W) and h (= W where c = 1, = R0 where c = 0): uniform apart
+    from what it should learn, (v & c) ^ R0, itself masked by R0 where c = 1 (where c = 0 the bit v & c = 0 is known
+    to P_n anyway). Symmetric for P_p; P_s receives nothing.
+    sender=None (balanced): the flattened elements are cut in three chunks (balanced_bounds), chunk j with sender
+    P_j, all in the same round.
+    Cost: 1 round. Single sender: P_s sends message_nbytes([(n, p_live), (n, g_live)]) to each of P_n and P_p, which
+    send ceil(n |g_live| / 8) bytes each. Balanced, n = 3m: each party sends, to each peer, the sender fields of its
+    chunk and the helper field of one other chunk in one message: 2 message_nbytes([(m, p_live), (m, g_live),
+    (m, g_live)]).
+    """
+    with party.label("split"):
+        if sender is not None:
+            return B.run_parts([_split_part(x, sender, p_live, g_live, party=party)], party=party)[0]
+        flat = x.map(lambda t: t.reshape(-1))
+        bounds = B.balanced_bounds(flat.cur.numel())
+        parts = [_split_part(flat.map(lambda t: t[lo:hi]), j, p_live, g_live, party=party) for j, lo, hi in bounds]
+        res = B.run_parts(parts, party=party)
+        return _cat_bin([r[0] for r in res], x.shape), _cat_bin([r[1] for r in res], x.shape)
+
+
+def a2b(x: Shares, *, party, sender: int | None = None) -> BinShares:
+    """Arithmetic -> binary: XOR shares of the 64-bit word x (exact for every value of Z_2^64).
+
+    x = v + c (see module doc); (g, p) by split_generate_propagate, carries by a Kogge-Stone prefix tree,
+    x = p ^ (G << 1).
+    Cost: 7 rounds. Round 1 (split): single sender P_s 2 (8n + ceil(63n/8)) bytes, P_n / P_p ceil(63n/8);
+    balanced (default, n = 3m) 2 (8m + ceil(126m/8)) each. Then every party sum_d ceil(n b_d / 8) with
+    b = (123, 120, 114, 102, 78, 31) (~71 bytes per element). Balanced total ~86.8 bytes per element per party.
+    Ref: ABY3 Sec. 5.3 (A2B with a parallel prefix adder); Kogge-Stone.
+    """
+    with party.label("a2b"):
+        g, p = split_generate_propagate(x, B.ALL, G_LIVE, party=party, sender=sender)
+        carries = B.prefix_generate(g, p, party=party, width=63)
+        return B.xor(p, B.lshift(B.and_public(carries, G_LIVE), 1))
+
+
+def msb(x: Shares, *, party, sender: int | None = None) -> BinShares:
+    """Sign bit of x as a binary share at bit 0: [x < 0] for x read as signed. Exact for EVERY x in Z_2^64.
+
+    msb(v + c) = v_63 ^ c_63 ^ carry_63. After split_generate_propagate, g and p are shifted left by one bit so that
+    the carry into bit 63 is the group generate of a full 64-bit word (bit 0: g = p = 0), computed by
+    binary.group_generate (a reduction tree, not all prefixes).
+    Cost: 7 rounds. Round 1 (split): single sender P_s 2 (8n + ceil(63n/8)) bytes, P_n and P_p ceil(63n/8);
+    balanced (default, n = 3m) 2 (8m + ceil(126m/8)) each. Rounds 2-7 (tree): every party sum_k ceil(n b_k / 8),
+    b = (63, 31, 15, 7, 3, 1). Per element: single sender ~46.75 bytes (P_s) / ~22.9 (others); balanced ~30.8 each.
+    """
+    with party.label("msb"):
+        g, p = split_generate_propagate(x, B.ALL, G_LIVE, party=party, sender=sender)
+        top = B.group_generate(B.lshift(g, 1), B.lshift(p, 1), party=party)
+        return B.bit(B.xor(p, top), 63)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Binary -> arithmetic
+
+def _norm_items(items):
+    return [(it, None) if it is None or isinstance(it, Shares) else tuple(it) for it in items]
+
+
+def _pick(t, index):
+    return t if index is None else t[..., index]
+
+
+def _inject_part(b: BinShares, items, sender: int, *, party) -> B.Part:
+    """One sender's share of inject's round (all PRG draws happen here, before the round)."""
+    s, nx, pv = _roles(sender)
+    rank, dev = party.rank, b.cur.device
+
+    def out_shape(x, index):
+        bs = b.shape if index is None else b.shape[:-1] + (len(index),)
+        return bs if x is None else torch.broadcast_shapes(bs, x.shape)
+
+    shapes = [out_shape(x, i) for x, i in items]
+    if rank == s:
+        d = (b.cur ^ b.prev) & 1
+        v1 = party.prg_next.ring(b.shape, dev)
+        v0 = party.prg_prev.ring(b.shape, dev)
+        r1 = [party.prg_next.ring(sh, dev) for sh in shapes]
+        r0 = [party.prg_prev.ring(sh, dev) for sh in shapes]
+        to_n, to_p = [(d + v0, B.ALL)], [(d + v1, B.ALL)]
+        for (x, idx), sh in zip(items, shapes):
+            if x is None:
+                continue
+            dx = _pick(d, idx) * (x.cur + x.prev)
+            to_n.append((dx + party.prg_prev.ring(sh, dev), B.ALL))
+            to_p.append((dx + party.prg_next.ring(sh, dev), B.ALL))
+        return B.Part({nx: to_n, pv: to_p}, {}, lambda got: [Shares(a, c) for a, c in zip(r1, r0)])
+
+    # P_n (receiver of PRG_{s,p}-masked values, helper for the mirror) and P_p are symmetric:
+    is_n = rank == nx
+    prg_s = party.prg_prev if is_n else party.prg_next   # the stream shared with P_s
+    other = pv if is_n else nx
+    c = (b.cur if is_n else b.prev) & 1                  # c = b_n
+    t = 1 - 2 * c
+    x_n = [None if x is None else (x.cur if is_n else x.prev) for x, _ in items]
+    x_mine = [None if x is None else (x.prev if is_n else x.cur) for x, _ in items]  # x_s at P_n, x_p at P_p
+    # as receiver: A = c (x_n + x_mine) + ...; as helper: A = c x_mine - ...; the two sum to c x.
+    vm = prg_s.ring(b.shape, dev)
+    r_mine = [prg_s.ring(sh, dev) for sh in shapes]
+    help_msgs = []
+    for k, ((x, idx), sh) in enumerate(zip(items, shapes)):
+        ti, vi = _pick(t, idx), _pick(vm, idx)
+        if x is None:
+            a_help = -ti * vi
+        else:
+            a_help = _pick(c, idx) * x_mine[k] - ti * prg_s.ring(sh, dev) - ti * x_n[k] * vi
+        help_msgs.append((a_help - r_mine[k], B.ALL))
+    specs_s = [(b.shape, B.ALL)] + [(sh, B.ALL) for (x, _), sh in zip(items, shapes) if x is not None]
+
+    def finish(got):
+        f, es = got[s][0], iter(got[s][1:])
+        outs = []
+        for k, ((x, idx), sh) in enumerate(zip(items, shapes)):
+            ci, ti, fi = _pick(c, idx), _pick(t, idx), _pick(f, idx)
+            if x is None:
+                a_recv = ci + ti * fi
+            else:
+                a_recv = ci * (x_n[k] + x_mine[k]) + ti * next(es) + ti * x_n[k] * fi
+            y_n = a_recv + got[other][k] - r_mine[k]
+            outs.append(Shares(y_n, r_mine[k]) if is_n else Shares(r_mine[k], y_n))
+        return outs
+
+    return B.Part({other: help_msgs}, {s: specs_s, other: [(sh, B.ALL) for sh in shapes]}, finish)
+
+
+def inject(b: BinShares, items: Sequence, *, party, sender: int | None = None) -> list[Shares]:
+    """Arithmetic shares of b and of b * x for a binary bit b (bit 0 of each word), all in ONE round.
+
+    items: a list whose entries are None (output: b itself, b2a) or Shares x (output: b * x), or a pair
+    (None | Shares x, index) where `index` (a public 1-D LongTensor) says which bit along the last dimension each last-
+    dimension entry of x uses (b[..., index]); bit shapes broadcast against x.
+    With b = d ^ c = c + t d, t = 1 - 2c (d known to P_s, c to P_n and P_p), and x = x' + x_n, x' = x_s + x_p:
+        b x = c x + t d x' + t d x_n.
+    P_s sends f = d + V and, per product, e = d x' + W to P_n (V, W <- PRG_{s,p}); P_n then holds
+    A_n = c (x_n + x_s) + t e + t x_n f, the helper P_p holds A_p = c x_p - t W - t x_n V, A_n + A_p = b x.
+    (For b itself: A_n = c + t f, A_p = -t V.) Output y_s = R1 <- PRG_{s,n}, y_p = R0 <- PRG_{p,s}; P_p sends
+    A_p - R0 to P_n, who gets y_n = A_n + (A_p - R0) - R1. The mirror image (masks from PRG_{s,n}, helper P_n) gives
+    y_n to P_p. Every received element is masked by a fresh pairwise PRG value the receiver does not hold.
+    sender=None (balanced): the last dimension of b is cut in three chunks (balanced_bounds), chunk j with sender
+    P_j (items follow their bits), all in the same round.
+    Cost: 1 round; 8 bytes per ring element. Single sender: P_s sends, to each of P_n and P_p, one element per bit
+    (f) plus one per product output element (e); P_n and P_p send one element per output element (bits and
+    products). Balanced with equal chunks: every party sends the sum of the three roles' traffic over a third of
+    the elements: 2 (bits + products) / 3 + 2 outputs / 3 elements per element.
+    Ref: the 3-party OT of ABY3 Sec. 5.4 (bit injection), rearranged so every mask is derived, not sent.
+    """
+    items = _norm_items(items)
+    with party.label("inject"):
+        if sender is not None or b.cur.dim() == 0:
+            return B.run_parts([_inject_part(b, items, 0 if sender is None else sender, party=party)],
+                               party=party)[0]
+        L = b.shape[-1]
+        parts, sels = [], []
+        for j, lo, hi in B.balanced_bounds(L):
+            sub, sel = [], []
+            for x, idx in items:
+                if idx is not None:
+                    pos = torch.nonzero((idx >= lo) & (idx < hi)).squeeze(-1)
+                    sub.append((None if x is None else x.map(lambda t: t[..., pos]), idx[pos] - lo))
+                    sel.append(pos)
+                else:
+                    if x is not None and x.cur.dim() and x.shape[-1] == L:
+                        x = x.map(lambda t: t[..., lo:hi])
+                    sub.append((x, None))
+                    sel.append(None)
+            parts.append(_inject_part(b.map(lambda t: t[..., lo:hi]), sub, j, party=party))
+            sels.append(sel)
+        res = B.run_parts(parts, party=party)
+        outs = []
+        for k, (x, idx) in enumerate(items):
+            chunks = [r[k] for r in res]
+            cur = torch.cat([c.cur for c in chunks], -1)
+            prev = torch.cat([c.prev for c in chunks], -1)
+            if idx is not None:  # undo the grouping of positions by chunk
+                order = torch.cat([sel[k] for sel in sels])
+                inv = torch.empty_like(order)
+                inv[order] = torch.arange(order.numel(), device=order.device)
+                cur, prev = cur[..., inv], prev[..., inv]
+            outs.append(Shares(cur, prev))
+        return outs
+
+
+def b2a(b: BinShares, *, party, sender: int | None = None, nbits: int = 1) -> Shares:
+    """Binary -> arithmetic. nbits = 1: the bit 0 of each word as a ring 0/1. nbits = k > 1: the k-bit unsigned value
+    of the low k bits (sum of 2^j b_j, each bit converted in the same round).
+
+    Cost: 1 round. Single sender: P_s sends 16 bytes per converted bit, P_n and P_p 8 bytes per converted bit.
+    Balanced (default): ~32/3 bytes per converted bit each (32 m for n = 3 m bits).
+    """
+    with party.label("b2a"):
+        if nbits == 1:
+            flat = b.map(lambda t: t.reshape(-1))
+            return inject(flat, [None], party=party, sender=sender)[0].map(lambda t: t.view(b.shape))
+        bits = B.BinShares(*(torch.stack([ring.bit(t, j) for j in range(nbits)], dim=-1).reshape(-1) for t in b))
+        y = inject(bits, [None], party=party, sender=sender)[0].map(lambda t: t.view(tuple(b.shape) + (nbits,)))
+        w = torch.tensor([B.as_i64(1 << j) for j in range(nbits)], dtype=ring.DTYPE, device=y.cur.device)
+        return y.map(lambda t: (t * w).sum(-1))
+
+
+def bit_inject(b: BinShares, x: Shares, *, party, sender: int | None = None) -> Shares:
+    """b * x for a binary bit b (bit 0) and arithmetic x (any scale: the product keeps x's scale, no truncation).
+
+    Cost: 1 round. Single sender: P_s sends 32 bytes per element (16 to each peer), P_n and P_p 8 bytes per element.
+    Balanced (default): ~16 bytes per element each (48 m for n = 3 m).
+    """
+    with party.label("bit_inject"):
+        if b.shape == x.shape:  # flatten, so that the balanced mode spreads the roles over all elements
+            flat = inject(b.map(lambda t: t.reshape(-1)), [x.map(lambda t: t.reshape(-1))], party=party,
+                          sender=sender)[0]
+            return flat.map(lambda t: t.view(x.shape))
+        return inject(b, [x], party=party, sender=sender)[0]
