@@ -7,6 +7,9 @@ sent (packed bits as uint8 count one byte per 8 bits).
 
 Costs are grouped by a label path (`with comm.label("relu"): ...` nests as "relu/a2b"), and `with comm.cost() as c:`
 reports the cost of the code inside it.
+
+For privacy tests, `comm.record_received = []` makes every later `round` append `(label, peer, tensor)` for each tensor
+this party receives (a copy, on the transport device); `None` (the default) records nothing.
 """
 from __future__ import annotations
 
@@ -102,6 +105,7 @@ class Communicator:
         self.transport_device = torch.device(transport_device)
         self.stats = CommStats()
         self._labels: list[str] = []
+        self.record_received: list | None = None  # a list: round() appends (label, peer, received tensor copy)
 
     @property
     def next(self) -> int:
@@ -176,6 +180,9 @@ class Communicator:
                 raise PartyTimeoutError(
                     f"party {self.rank}: party {peer} did not answer within {self.timeout:g}s "
                     f"during '{self.current_label}'")
+        if self.record_received is not None:
+            for peer, buf in out.items():
+                self.record_received.append((self.current_label, peer, buf.clone()))
         return out
 
     def send_next_recv_prev(self, t: torch.Tensor) -> torch.Tensor:

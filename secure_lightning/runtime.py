@@ -19,6 +19,8 @@ from .encoding import FixedPoint
 from .party import Party
 
 DEFAULT_TIMEOUT = float(os.environ.get("SECURE_LIGHTNING_TIMEOUT", 120))
+STARTUP_TIMEOUT = 120.0  # the least time the rendezvous waits for all three parties to join
+ERROR_GRACE_S = 3.0  # after one party fails, how long PartyPool waits for the others' error reports
 
 
 class PartyError(RuntimeError):
@@ -47,8 +49,9 @@ def init_party(rank: int, master_addr: str, master_port: int, *, backend: str | 
     if backend == "nccl":
         torch.cuda.set_device(torch.device(device))
     if not dist.is_initialized():
+        # rendezvous waits for the slowest party to start (seconds on a loaded machine), whatever the message timeout
         dist.init_process_group(backend, init_method=f"tcp://{master_addr}:{master_port}", rank=rank, world_size=3,
-                                timeout=datetime.timedelta(seconds=timeout))
+                                timeout=datetime.timedelta(seconds=max(timeout, STARTUP_TIMEOUT)))
     elif dist.get_world_size() != 3:
         raise RuntimeError(f"secure_lightning needs exactly 3 processes, the process group has {dist.get_world_size()}")
     comm = Communicator(rank, timeout=timeout, transport_device=device if backend == "nccl" else "cpu")
@@ -131,7 +134,7 @@ class PartyPool:
             p.start()
             self.procs.append(p)
             self.conns.append(parent)
-        self._collect(self.timeout + 60, "start-up")
+        self._collect(max(self.timeout, STARTUP_TIMEOUT) + 60, "start-up")
 
     @property
     def alive(self) -> bool:
@@ -147,18 +150,26 @@ class PartyPool:
         return self._collect(timeout or (self.timeout + 30), getattr(fn, "__name__", "job"))
 
     def _collect(self, timeout: float, what: str) -> list:
+        """Wait for all three answers. Once one party has failed, the others get ERROR_GRACE_S more to report their
+        own error (a dead or failed peer makes them fail fast); any still running then is stopped, not waited for."""
         import time
         deadline = time.monotonic() + timeout
         results, errors = [None] * 3, {}
         pending = set(range(3))
+        first_error_at = None
         while pending and time.monotonic() < deadline:
+            if errors:
+                first_error_at = first_error_at or time.monotonic()
+                if time.monotonic() - first_error_at > ERROR_GRACE_S:
+                    break
             for r in list(pending):
                 c = self.conns[r]
                 if c.poll(0.05):
                     try:
                         kind, payload = c.recv()
-                    except EOFError:
-                        kind, payload = "err", "process exited"
+                    except EOFError:  # the pipe closed: the process ended without answering
+                        self.procs[r].join(timeout=1)
+                        kind, payload = "err", f"process died (exit code {self.procs[r].exitcode})"
                     pending.discard(r)
                     if kind == "ok":
                         results[r] = _pickle().loads(payload)
@@ -168,7 +179,8 @@ class PartyPool:
                     pending.discard(r)
                     errors[r] = f"process died (exit code {self.procs[r].exitcode})"
         for r in pending:
-            errors[r] = f"no answer within {timeout:g}s"
+            errors[r] = (f"still running {ERROR_GRACE_S:g}s after another party failed; stopped" if first_error_at
+                         else f"no answer within {timeout:g}s")
         if errors:
             self.close()
             msg = "\n".join(f"--- party {r}: {e}" for r, e in sorted(errors.items()))

@@ -55,6 +55,10 @@ def public_shares(value: torch.Tensor, *, party) -> Shares:
 
 def add_public(x: Shares, c: torch.Tensor, *, party) -> Shares:
     """x + c for a public ring value c (added to x_0, which P0 holds as cur and P1 as prev). Cost: 0."""
+    if isinstance(c, float) or (isinstance(c, torch.Tensor) and c.dtype != ring.DTYPE):
+        raise TypeError(f"add_public takes a ring value (int or torch.int64, already fixed-point encoded), got "
+                        f"{c.dtype if isinstance(c, torch.Tensor) else 'float'}; for real numbers use "
+                        "protocols.local.add_public")
     return Shares(x.cur + c * int(party.rank == 0), x.prev + c * int(party.rank == 1))
 
 
@@ -71,8 +75,16 @@ def reshare(z: torch.Tensor, *, party) -> Shares:
         return Shares(z, party.comm.send_next_recv_prev(z))
 
 
-_STATUS_OK, _STATUS_BAD = 0, 1
+_STATUS_OK = 0
+# Non-zero header status: the owner's input was refused; every party raises the same error type.
+_STATUS_ERRORS = {1: FixedPointRangeError, 2: TypeError, 3: ValueError}
 _HEADER_LEN = 10  # status, ndim, up to 8 dims
+
+
+def _status_of(err: Exception) -> int:
+    if isinstance(err, FixedPointRangeError):
+        return 1
+    return 2 if isinstance(err, TypeError) else 3
 
 
 def _header(status: int, shape=()) -> torch.Tensor:
@@ -85,31 +97,41 @@ def _header(status: int, shape=()) -> torch.Tensor:
 def share(x, owner: int, *, party, label: str = "input") -> Shares:
     """Secret-share the owner's float tensor `x` (other parties pass None). Shapes are public.
 
-    The owner encodes x in fixed point (refusing NaN/inf and out-of-range values: every party then raises the same
-    error), draws x_o from PRG_{o,o+1} and x_{o-1} from PRG_{o-1,o}, and sends x_{o+1} = x - x_o - x_{o-1} to both
-    other parties. Cost: 2 rounds (header with status and shape, then shares); owner sends 2 x 80 header bytes and
-    2 ring elements per element, the others send nothing.
+    The owner encodes x in fixed point (refusing NaN/inf and out-of-range values, unsupported dtypes and more than 8
+    dimensions: every party then raises the same error type, FixedPointRangeError, TypeError or ValueError, instead
+    of waiting), draws x_o from PRG_{o,o+1} and x_{o-1} from PRG_{o-1,o}, and sends x_{o+1} = x - x_o - x_{o-1} to
+    both other parties. Cost: 2 rounds (header with status and shape, then shares); owner sends 2 x 80 header bytes
+    and 2 ring elements per element, the others send nothing. A refused input costs the header round only.
     """
     enc = None
+    if owner not in (0, 1, 2):
+        raise ValueError(f"share: owner must be 0, 1 or 2, got {owner}")
     with party.label(f"share/{label}"):
         if party.rank == owner:
-            status, err = _STATUS_OK, None
+            err = None
             try:
                 if x is None:
                     raise ValueError("the owner must pass a tensor")
+                if not isinstance(x, torch.Tensor):
+                    x = torch.as_tensor(x)
                 if x.dim() > _HEADER_LEN - 2:
                     raise ValueError(f"at most {_HEADER_LEN - 2} dimensions can be shared, got {x.dim()}")
                 enc = party.encoding.encode(x, what=label).to(party.device)
-            except (FixedPointRangeError, TypeError, ValueError) as e:
-                status, err = _STATUS_BAD, e
-            h = _header(status, enc.shape if enc is not None else ())
+            except Exception as e:  # refuse on all parties rather than leave the others waiting
+                err, enc = e, None
+            h = _header(_STATUS_OK if err is None else _status_of(err), enc.shape if enc is not None else ())
             party.comm.round({party.next: h, party.prev: h})
             if err is not None:
-                raise type(err)(f"sharing '{label}' from party {owner}: {err}")
+                raise _STATUS_ERRORS[_status_of(err)](f"sharing '{label}' from party {owner}: {err}") from err
         else:
             h = party.comm.round({}, {owner: ((_HEADER_LEN,), torch.int64)})[owner]
-            if int(h[0]) != _STATUS_OK:
-                raise FixedPointRangeError(f"party {owner} could not share '{label}' (bad input: see party {owner})")
+            status = int(h[0])
+            if status != _STATUS_OK:
+                kind = _STATUS_ERRORS.get(status, ValueError)
+                why = {FixedPointRangeError: "NaN/inf or outside the fixed-point range",
+                       TypeError: "of an unsupported type"}.get(kind, "invalid")
+                raise kind(f"party {owner} could not share '{label}': its input is {why} "
+                           f"(the error on party {owner} has the details)")
         shape = tuple(int(s) for s in h[2:2 + int(h[1])])
         return share_encoded(enc, owner, shape, party=party)
 
@@ -138,6 +160,8 @@ def reveal(x: Shares, to: int | None = None, *, party, label: str = "reveal") ->
     Cost: 1 round. To all: 1 ring element per element sent by each party. To one party: 1 element per element, sent
     by P_{to-1} only. Returns the ring tensor (None on parties that receive nothing).
     """
+    if to is not None and to not in (0, 1, 2):
+        raise ValueError(f"reveal: to must be None (all parties) or 0, 1, 2, got {to}")
     with party.label(f"reveal/{label}"):
         party.audit.record(label, x.shape, "all" if to is None else f"party {to}")
         if to is None:

@@ -1,0 +1,1 @@
+"""Benchmarks: per-op microbenchmarks (ops.py) and end-to-end runs (run.py)."""

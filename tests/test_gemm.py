@@ -1,0 +1,127 @@
+"""Exact int64 (mod 2^64) matmul/conv2d: the 16-bit limb path against torch's own int64 kernels, bit for bit.
+
+Inputs are full-range random int64 (every bit random), so every limb pair and every wrap-around is exercised.
+The bound on the inner dimension (2^21) is tested at its edge with all-ones limbs, the worst case for float64.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from secure_lightning import gemm
+from secure_lightning.protocols import arithmetic as A
+from secure_lightning.protocols.sharing import reveal, share
+
+I64_MIN, I64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
+def _rand(*shape, seed):
+    g = torch.Generator().manual_seed(seed)  # public test data
+    return torch.randint(I64_MIN, I64_MAX, shape, generator=g, dtype=torch.int64)
+
+
+MATMUL_SHAPES = [
+    ((7, 13), (13, 5)),            # 2-D
+    ((3, 4, 9), (3, 9, 6)),        # batched
+    ((2, 1, 4, 9), (3, 9, 6)),     # broadcast batch dims
+    ((4, 9), (2, 3, 9, 5)),        # 2-D against batched
+    ((9,), (9, 5)),                # 1-D @ 2-D
+    ((4, 9), (9,)),                # 2-D @ 1-D
+    ((9,), (9,)),                  # dot
+    ((9,), (2, 9, 3)),             # 1-D @ batched
+    ((2, 4, 9), (9,)),             # batched @ 1-D
+    ((1, 1), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("sa,sb", MATMUL_SHAPES)
+def test_limb_matmul_equals_int64_bit_for_bit(sa, sb):
+    a, b = _rand(*sa, seed=1), _rand(*sb, seed=2)
+    want = torch.matmul(a, b)
+    got = gemm.matmul(a, b, force_limbs=True)
+    assert got.dtype == torch.int64 and got.shape == want.shape
+    assert torch.equal(got, want)
+    assert torch.equal(gemm.matmul(a, b), want)  # default CPU path is torch itself
+
+
+def test_int64_matmul_wraps_like_the_ring():
+    # a cross-check of the reference itself: one dot product computed with Python integers mod 2^64
+    a, b = _rand(5, seed=3), _rand(5, seed=4)
+    exact = sum(int(x) * int(y) for x, y in zip(a, b)) % 2 ** 64
+    exact -= 2 ** 64 if exact >= 2 ** 63 else 0
+    assert int(gemm.matmul(a, b, force_limbs=True)) == exact == int(torch.matmul(a, b))
+
+
+CONV_CASES = [
+    ((2, 3, 8, 8), (4, 3, 3, 3), {}),
+    ((2, 4, 9, 7), (6, 2, 3, 2), dict(stride=2, padding=1, dilation=2, groups=2)),
+    ((1, 6, 10, 10), (6, 1, 3, 3), dict(stride=(1, 2), padding=(2, 0), groups=6)),  # depthwise
+    ((3, 5, 5), (2, 3, 2, 2), dict(padding=1)),                                       # unbatched
+    ((2, 2, 6, 6), (3, 2, 3, 3), dict(padding="same")),
+    ((1, 2, 6, 5), (2, 2, 1, 1), dict(stride=3)),
+]
+
+
+@pytest.mark.parametrize("sx,sw,kw", CONV_CASES)
+def test_limb_conv2d_equals_int64_bit_for_bit(sx, sw, kw):
+    x, w = _rand(*sx, seed=5), _rand(*sw, seed=6)
+    want = F.conv2d(x, w, None, **kw)
+    got = gemm.conv2d(x, w, **kw, force_limbs=True)
+    assert got.dtype == torch.int64 and got.shape == want.shape
+    assert torch.equal(got, want)
+
+
+def test_inner_dimension_bound_raises(monkeypatch):
+    big = torch.zeros(1, dtype=torch.int64).expand(2, gemm.MAX_INNER)  # 2^21 columns, no memory
+    with pytest.raises(ValueError, match="2\\^21"):
+        gemm.matmul(big, big.t(), force_limbs=True)
+    monkeypatch.setattr(gemm, "MAX_INNER", 32)
+    a, b = _rand(2, 31, seed=7), _rand(31, 3, seed=8)
+    assert torch.equal(gemm.matmul(a, b, force_limbs=True), a @ b)  # just below the bound
+    with pytest.raises(ValueError, match="matmul: inner dimension 32"):
+        gemm.matmul(_rand(2, 32, seed=7), _rand(32, 3, seed=8), force_limbs=True)
+    with pytest.raises(ValueError, match="conv2d: inner dimension 36"):  # C_in/groups * kh * kw = 4 * 3 * 3
+        gemm.conv2d(_rand(1, 8, 5, 5, seed=9), _rand(2, 4, 3, 3, seed=10), groups=2, force_limbs=True)
+    x, w = _rand(1, 6, 5, 5, seed=9), _rand(2, 3, 3, 3, seed=10)  # 27 < 32
+    assert torch.equal(gemm.conv2d(x, w, groups=2, force_limbs=True), F.conv2d(x, w, groups=2))
+    assert torch.equal(gemm.matmul(_rand(2, 40, seed=7), _rand(40, 3, seed=8)),  # torch's path has no bound
+                       torch.matmul(_rand(2, 40, seed=7), _rand(40, 3, seed=8)))
+
+
+def test_limb_path_exact_at_the_largest_inner_dimension():
+    # all limbs 0xFFFF: each limb product is (2^16 - 1)^2, the float64 sums reach (2^21 - 1)(2^16 - 1)^2 < 2^53
+    k = gemm.MAX_INNER - 1
+    a = torch.full((1, k), -1, dtype=torch.int64)
+    got = gemm.matmul(a, a.t(), force_limbs=True)
+    assert int(got) == k  # (-1)(-1) summed k times
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# secure products: the limb path gives the same ring results as the default path
+
+def _secure_products(party, x, y, xc, wc):
+    sx = share(x if party.rank == 0 else None, 0, party=party)
+    sy = share(y if party.rank == 1 else None, 1, party=party)
+    sxc = share(xc if party.rank == 0 else None, 0, party=party)
+    swc = share(wc if party.rank == 2 else None, 2, party=party)
+    out = {}
+    for force in (False, True):
+        out[("matmul", force)] = reveal(A.matmul(sx, sy, party=party, fixed=False, force_limbs=force), party=party)
+        out[("conv", force)] = reveal(A.conv2d(sxc, swc, 1, 1, 1, 2, party=party, fixed=False, force_limbs=force),
+                                      party=party)
+        out[("matmul_fixed", force)] = reveal(A.matmul(sx, sy, party=party, force_limbs=force), party=party)
+    return out
+
+
+def test_secure_matmul_conv_force_limbs_equal_default(parties):
+    g = torch.Generator().manual_seed(12)
+    x, y = torch.randn(2, 5, 16, generator=g) * 4, torch.randn(16, 3, generator=g) * 4
+    xc, wc = torch.randn(2, 4, 6, 6, generator=g), torch.randn(4, 2, 3, 3, generator=g)
+    out = parties.run(_secure_products, x, y, xc, wc)[0]
+    # ring products (no truncation) are deterministic: bit for bit equal, and equal to the plaintext ring product
+    assert torch.equal(out[("matmul", True)], out[("matmul", False)])
+    assert torch.equal(out[("conv", True)], out[("conv", False)])
+    enc = lambda t: torch.round(t.double() * 2 ** 20).long()  # noqa: E731
+    assert torch.equal(out[("matmul", False)], enc(x) @ enc(y))
+    assert torch.equal(out[("conv", False)], F.conv2d(enc(xc), enc(wc), None, 1, 1, 1, 2))
+    # with truncation each path rounds with its own randomness: within 1 ulp of each other
+    assert (out[("matmul_fixed", True)] - out[("matmul_fixed", False)]).abs().max() <= 1
