@@ -1,0 +1,18 @@
+"""SharedTensor: secret-shared tensors that work with torch autograd, nn and optim.
+
+    x = share_tensor(data if party.rank == 0 else None, owner=0, party=party)
+    y = model(x)                      # F.linear, F.conv2d, F.relu, ... on shares
+    loss = F.cross_entropy(y, labels)
+    loss.backward()                   # shared .grad on shared parameters
+    reveal_tensor(loss)               # opened to all parties
+
+Importing this package registers every handler (ops_*.py, autograd.py) in the dispatch tables.
+"""
+from . import ops_factories, ops_linear, ops_nonlinear, ops_optim, ops_pointwise, ops_reduction, ops_shape  # noqa: F401
+from .autograd import (  # noqa: F401
+    batch_norm, cross_entropy, dropout, log_softmax, max_pool2d, nll_loss, relu, reveal_tensor, share_tensor, softmax,
+)
+from .dispatch import UnsupportedOpError, supported_ops  # noqa: F401
+from .shared import SharedTensor  # noqa: F401
+
+__all__ = ["SharedTensor", "share_tensor", "reveal_tensor", "UnsupportedOpError", "supported_ops"]

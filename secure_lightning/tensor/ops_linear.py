@@ -1,0 +1,208 @@
+"""Bilinear ops: matrix products and 2-D convolutions, forward and backward.
+
+Cost (per party): every product of two fixed-point values is one local bilinear step (two int64 GEMMs/convs) and one
+truncation: 3 rounds, 2 ring elements (16 bytes) per output element (arithmetic.matmul / conv2d). A product with a
+public operand costs the same (one truncation), except for public integer matrices (free).
+Error: <= 1 ulp of truncation per output element on top of the inputs' rounding (0.5 ulp times the other operand,
+summed over the inner dimension).
+
+convolution_backward is computed with forward convolutions only (so it runs on the exact int64 GEMM/conv paths of
+gemm.py on every device):
+  grad_input  = conv2d(zero-dilated grad_out, weight with in/out channels swapped per group and flipped,
+                       padding d(k-1)-p (cropping where negative), dilation d)
+  grad_weight = conv2d(input^T, grad_out^T, stride=d, dilation=s, groups=G): batch and channels swapped, the
+                input first padded by p and cropped to the extent the forward pass read.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..protocols import arithmetic as A
+from ..protocols.sharing import Shares
+from .dispatch import (
+    UnsupportedOpError, advise, aten, encode, implements, implements_function, is_integral, make_public, party_of,
+    public_value, shares_of, wrap,
+)
+from .ops_pointwise import add, mul
+from .ops_reduction import sum_
+from .ops_shape import apply_local
+from .shared import SharedTensor
+
+
+def matmul(a, b):
+    """a @ b (torch.matmul semantics) for any mix of SharedTensor and public operands."""
+    party = party_of(a, b)
+    pa, pb = public_value(a, party.device), public_value(b, party.device)
+    if pa is not None and pb is not None:
+        return make_public(pa @ pb, party)
+    if pb is not None:
+        return _matmul_public(a, pb, left=False)
+    if pa is not None:
+        return _matmul_public(b, pa, left=True)
+    return wrap(A.matmul(a.shares, b.shares, party=party), party)
+
+
+def _matmul_public(x, c, left):
+    party = x.party
+    if is_integral(c):
+        return wrap(A.matmul_public(x.shares, c.to(torch.int64), left=left, fixed=False, party=party), party)
+    return wrap(A.matmul_public(x.shares, encode(c, party), left=left, party=party), party)
+
+
+@implements(aten.mm.default, aten.bmm.default, aten.matmul.default, aten.dot.default, aten.mv.default)
+def mm(self, mat2):
+    return matmul(self, mat2)
+
+
+@implements(aten.addmm.default, aten.baddbmm.default, aten.addmv.default)
+def addmm(self, mat1, mat2, beta=1, alpha=1):
+    prod = matmul(mat1, mat2)
+    if alpha != 1:
+        prod = mul(prod, alpha)
+    if beta == 0:
+        return prod
+    return add(prod, self if beta == 1 else mul(self, beta))
+
+
+# ---- convolution ---------------------------------------------------------------------------------------------------
+def _as_2d(x_shape, w_shape, stride, padding, dilation):
+    """Promote a 1-D convolution to 2-D (height 1)."""
+    if len(w_shape) == 3:
+        return True, [1, *stride], [0, *padding], [1, *dilation]
+    if len(w_shape) != 4:
+        raise UnsupportedOpError(f"convolution with a {len(w_shape) - 2}-D kernel: only conv1d and conv2d are "
+                                 "supported on shares")
+    return False, list(stride), list(padding), list(dilation)
+
+
+def _to4d(s: Shares, one_d: bool, unbatched: bool) -> Shares:
+    if unbatched:
+        s = s.map(lambda t: t.unsqueeze(0))
+    if one_d:
+        s = s.map(lambda t: t.unsqueeze(-2))
+    return s
+
+
+def _from4d(s: Shares, one_d: bool, unbatched: bool) -> Shares:
+    if one_d:
+        s = s.map(lambda t: t.squeeze(-2))
+    if unbatched:
+        s = s.map(lambda t: t.squeeze(0))
+    return s
+
+
+def _check(transposed, output_padding):
+    if transposed:
+        raise UnsupportedOpError("transposed convolution (ConvTranspose) is not supported on shares; use "
+                                 "nn.Upsample-free architectures or a Conv2d on a zero-dilated input")
+
+
+@implements(aten.convolution.default)
+def convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
+    _check(transposed, output_padding)
+    party = party_of(input, weight, bias)
+    one_d, stride, padding, dilation = _as_2d(input.shape, weight.shape, stride, padding, dilation)
+    unbatched = input.dim() == weight.dim() - 1
+    x = _to4d(shares_of(input, party), one_d, unbatched)
+    w = _to4d(shares_of(weight, party), one_d, False)
+    y = A.conv2d(x, w, stride, padding, dilation, groups, party=party)
+    out = wrap(_from4d(y, one_d, unbatched), party)
+    if bias is not None:
+        shape = [-1] + [1] * (out.dim() - 2 if not unbatched else out.dim() - 1)
+        out = add(out, apply_local(lambda t: t.reshape(shape), (bias,), {}) if isinstance(bias, SharedTensor)
+                  else public_value(bias).reshape(shape))
+    return out
+
+
+def conv2d_input_grad(g: Shares, w: Shares, in_hw, stride, padding, dilation, groups, *, party) -> Shares:
+    """grad_input of y = conv2d(x, w): a forward conv of the zero-dilated gradient with the flipped, per-group
+    transposed kernel. g: (N, Cout, Ho, Wo), w: (Cout, Cin/G, kh, kw) -> (N, Cin, H, W). Cost: as conv2d."""
+    (H, W), (sh, sw), (ph, pw), (dh, dw) = in_hw, stride, padding, dilation
+    cout, cig, kh, kw = w.shape
+    n, _, ho, wo = g.shape
+    G = groups
+
+    def dilate(t):
+        if sh == 1 and sw == 1:
+            return t
+        out = t.new_zeros(n, cout, (ho - 1) * sh + 1, (wo - 1) * sw + 1)
+        out[:, :, ::sh, ::sw] = t
+        return out
+
+    top, left = dh * (kh - 1) - ph, dw * (kw - 1) - pw
+    bottom = H - (ho - 1) * sh - 1 + ph
+    right = W - (wo - 1) * sw - 1 + pw
+    gd = g.map(lambda t: F.pad(dilate(t), (left, right, top, bottom)))
+    wt = w.map(lambda t: t.reshape(G, cout // G, cig, kh, kw).transpose(1, 2)
+               .reshape(G * cig, cout // G, kh, kw).flip(-1, -2))
+    return A.conv2d(gd, wt, 1, 0, (dh, dw), G, party=party)
+
+
+def conv2d_weight_grad(x: Shares, g: Shares, w_shape, stride, padding, dilation, groups, *, party) -> Shares:
+    """grad_weight of y = conv2d(x, w): conv2d(x^T, g^T) with stride and dilation exchanged. Cost: as conv2d on a
+    (Cout, Cin/G, kh, kw) output: 3 rounds, 16 bytes per weight element."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    cout, cig, kh, kw = w_shape
+    n, cin, _, _ = x.shape
+    _, _, ho, wo = g.shape
+    G = groups
+    hn, wn = (ho - 1) * sh + dh * (kh - 1) + 1, (wo - 1) * sw + dw * (kw - 1) + 1
+
+    def prep_x(t):
+        t = F.pad(t, (pw, pw, ph, ph))[..., :hn, :wn]
+        return t.reshape(n, G, cig, hn, wn).permute(2, 1, 0, 3, 4).reshape(cig, G * n, hn, wn)
+
+    def prep_g(t):
+        return t.reshape(n, G, cout // G, ho, wo).permute(1, 2, 0, 3, 4).reshape(cout, n, ho, wo)
+
+    gw = A.conv2d(x.map(prep_x), g.map(prep_g), (dh, dw), 0, (sh, sw), G, party=party)
+    return gw.map(lambda t: t.transpose(0, 1).contiguous())
+
+
+@implements(aten.convolution_backward.default)
+def convolution_backward(grad_output, input, weight, bias_sizes, stride, padding, dilation, transposed,
+                         output_padding, groups, output_mask):
+    _check(transposed, output_padding)
+    party = party_of(grad_output, input, weight)
+    one_d, stride, padding, dilation = _as_2d(input.shape, weight.shape, stride, padding, dilation)
+    unbatched = input.dim() == weight.dim() - 1
+    g = _to4d(shares_of(grad_output, party), one_d, unbatched)
+    gi = gw = gb = None
+    if output_mask[0]:
+        w = _to4d(shares_of(weight, party), one_d, False)
+        x_hw = (1, input.shape[-1]) if one_d else tuple(input.shape[-2:])
+        gi = wrap(_from4d(conv2d_input_grad(g, w, x_hw, stride, padding, dilation, groups, party=party),
+                          one_d, unbatched), party)
+    if output_mask[1]:
+        x = _to4d(shares_of(input, party), one_d, unbatched)
+        w_shape = (weight.shape[0], weight.shape[1], 1, weight.shape[2]) if one_d else tuple(weight.shape)
+        gw_s = conv2d_weight_grad(x, g, w_shape, stride, padding, dilation, groups, party=party)
+        gw = wrap(gw_s.map(lambda t: t.squeeze(-2)) if one_d else gw_s, party)
+    if output_mask[2]:
+        dims = [0] + list(range(2, grad_output.dim())) if not unbatched else list(range(1, grad_output.dim()))
+        gb = sum_(grad_output if isinstance(grad_output, SharedTensor)
+                  else wrap(shares_of(grad_output, party), party), dims)
+    return gi, gw, gb
+
+
+@implements_function(torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__)
+def _matmul_function(input, other, *, out=None):
+    """torch.matmul with a 1-D left operand uses an in-place squeeze_ on its result, which a wrapper tensor cannot
+    do; rewrite that case with out-of-place ops. Everything else goes to aten (mm, bmm, mv, dot)."""
+    if out is not None:
+        raise UnsupportedOpError("matmul(out=...) on shares: use the returned value")
+    if input.dim() == 1 and other.dim() >= 2:
+        return torch.matmul(input.unsqueeze(0), other).squeeze(-2)
+    with torch._C.DisableTorchFunctionSubclass():
+        return torch.matmul(input, other)
+
+
+@implements_function(torch.Tensor.__rmatmul__)
+def _rmatmul_function(self, other):
+    return _matmul_function(other, self)
+
+
+advise([aten.squeeze_, aten.unsqueeze_, aten.transpose_, aten.t_, aten.as_strided_, aten.resize_,
+        aten.swapdims_, aten.swapaxes_],
+       "in-place shape changes cannot be applied to a SharedTensor; use the out-of-place op (x = x.squeeze(0))")

@@ -1,0 +1,144 @@
+"""torch.optim on shares: `_foreach_*` ops (used when an optimizer runs with foreach=True).
+
+torch.optim only picks the foreach path by itself for plain tensors, so by default SGD and Adam loop over
+parameters with the single-tensor ops (add_, mul_, lerp_, addcmul_, addcdiv_, sqrt in ops_pointwise.py /
+ops_nonlinear.py). With foreach=True the list ops below run; `_foreach_add_(params, grads, alpha=-lr)` and
+`_foreach_mul_(tensors, scalar)` put all products with a public real into ONE truncation (3 rounds for the whole
+list instead of 3 per parameter); the other list ops apply the single-tensor handler to each element.
+"""
+from __future__ import annotations
+
+from ..protocols import local as L
+from .dispatch import aten, assign_inplace, implements, is_integral, public_value, wrap
+from .ops_nonlinear import sqrt
+from .ops_pointwise import add, addcdiv, addcmul, div, lerp, mul, mul_public_real, neg
+from .shared import SharedTensor
+
+
+def _scale_all(tensors, scalar):
+    """[t * scalar for t in tensors] with one truncation for all secret ones (scalar a public real)."""
+    c = public_value(scalar)
+    secret = [t for t in tensors if isinstance(t, SharedTensor) and t.public is None]
+    if not secret or is_integral(c):
+        return [mul(t, scalar) for t in tensors]
+    party = secret[0].party
+    flat = L.cat([t.shares.map(lambda s: s.reshape(-1)) for t in secret])
+    prod = mul_public_real(flat, c, party=party)
+    out, off, scaled = [], 0, {}
+    for t in secret:
+        n = t.numel()
+        scaled[id(t)] = wrap(prod.map(lambda s: s[off:off + n].reshape(t.shape)), party)
+        off += n
+    return [scaled[id(t)] if id(t) in scaled else mul(t, scalar) for t in tensors]
+
+
+def _pairs(other, n):
+    return other if isinstance(other, (list, tuple)) else [other] * n
+
+
+@implements(aten._foreach_add.List, aten._foreach_add.Scalar, aten._foreach_add.ScalarList,
+            aten._foreach_add.Tensor)
+def foreach_add(self, other, alpha=1):
+    others = _pairs(other, len(self))
+    if alpha != 1:
+        others = _scale_all(others, alpha)
+    return [add(a, b) for a, b in zip(self, others)]
+
+
+@implements(aten._foreach_add_.List, aten._foreach_add_.Scalar, aten._foreach_add_.ScalarList,
+            aten._foreach_add_.Tensor)
+def foreach_add_(self, other, alpha=1):
+    for t, new in zip(self, foreach_add(self, other, alpha)):
+        assign_inplace(t, new)
+
+
+@implements(aten._foreach_sub.List, aten._foreach_sub.Scalar)
+def foreach_sub(self, other, alpha=1):
+    return foreach_add(self, other, -alpha)
+
+
+@implements(aten._foreach_sub_.List, aten._foreach_sub_.Scalar)
+def foreach_sub_(self, other, alpha=1):
+    foreach_add_(self, other, -alpha)
+
+
+@implements(aten._foreach_mul.Scalar, aten._foreach_mul.List, aten._foreach_mul.ScalarList,
+            aten._foreach_mul.Tensor)
+def foreach_mul(self, other):
+    if not isinstance(other, (list, tuple)) and not isinstance(other, SharedTensor):
+        return _scale_all(self, other)
+    return [mul(a, b) for a, b in zip(self, _pairs(other, len(self)))]
+
+
+@implements(aten._foreach_mul_.Scalar, aten._foreach_mul_.List, aten._foreach_mul_.ScalarList,
+            aten._foreach_mul_.Tensor)
+def foreach_mul_(self, other):
+    for t, new in zip(self, foreach_mul(self, other)):
+        assign_inplace(t, new)
+
+
+@implements(aten._foreach_div.Scalar, aten._foreach_div.List, aten._foreach_div.ScalarList)
+def foreach_div(self, other):
+    if not isinstance(other, (list, tuple)) and not isinstance(other, SharedTensor):
+        return _scale_all(self, 1.0 / float(other))
+    return [div(a, b) for a, b in zip(self, _pairs(other, len(self)))]
+
+
+@implements(aten._foreach_div_.Scalar, aten._foreach_div_.List, aten._foreach_div_.ScalarList)
+def foreach_div_(self, other):
+    for t, new in zip(self, foreach_div(self, other)):
+        assign_inplace(t, new)
+
+
+@implements(aten._foreach_neg.default)
+def foreach_neg(self):
+    return [neg(t) for t in self]
+
+
+@implements(aten._foreach_sqrt.default)
+def foreach_sqrt(self):
+    return [sqrt(t) for t in self]
+
+
+@implements(aten._foreach_sqrt_.default)
+def foreach_sqrt_(self):
+    for t in self:
+        assign_inplace(t, sqrt(t))
+
+
+@implements(aten._foreach_lerp_.Scalar, aten._foreach_lerp_.List)
+def foreach_lerp_(self, tensors1, weight):
+    for t, e, w in zip(self, tensors1, _pairs(weight, len(self))):
+        assign_inplace(t, lerp(t, e, w))
+
+
+@implements(aten._foreach_addcmul_.Scalar, aten._foreach_addcmul_.ScalarList)
+def foreach_addcmul_(self, tensor1, tensor2, value=1):
+    for t, a, b, v in zip(self, tensor1, tensor2, _pairs(value, len(self))):
+        assign_inplace(t, addcmul(t, a, b, v))
+
+
+@implements(aten._foreach_addcdiv_.Scalar, aten._foreach_addcdiv_.ScalarList)
+def foreach_addcdiv_(self, tensor1, tensor2, value=1):
+    for t, a, b, v in zip(self, tensor1, tensor2, _pairs(value, len(self))):
+        assign_inplace(t, addcdiv(t, a, b, v))
+
+
+@implements(aten._foreach_zero_.default)
+def foreach_zero_(self):
+    for t in self:
+        assign_inplace(t, mul(t, 0))
+
+
+@implements(aten._foreach_copy_.default)
+def foreach_copy_(self, src, non_blocking=False):
+    from .ops_shape import copy_
+    for t, s in zip(self, src):
+        copy_(t, s)
+
+
+@implements(aten._foreach_clone.default)
+def foreach_clone(self):
+    from .ops_pointwise import clone
+    return [clone(t) for t in self]
+

@@ -1,0 +1,132 @@
+"""SharedTensor: a torch.Tensor whose value is secret-shared between the three parties.
+
+A SharedTensor is a wrapper subclass (`torch.Tensor._make_wrapper_subclass`, like DTensor or
+torch/testing/_internal/two_tensor.py): the outer tensor has the logical shape, the logical dtype (float32 for
+fixed-point reals, int64 for integer values such as class labels, which are fixed-point encoded all the same) and no
+storage. It holds
+
+  shares  protocols.sharing.Shares(cur, prev) of int64 ring elements: this party's two replicated shares
+  party   the Party that owns those shares (rank, communicator, PRG streams, encoding)
+  public  None, or the float64 value when every party knows it (constants made by factories such as ones_like,
+          the seed of `loss.backward()`); the shares are then the public sharing of that value. Operations use it
+          to skip a protocol (a product with a public value needs no multiplication protocol). It is tied to the
+          write generation of the shares' storages (`note_write`): an in-place write through this tensor or any
+          tensor aliasing its shares (views) makes it None again.
+
+Because the outer dtype is a float, `requires_grad`, `nn.Parameter` and torch.optim accept it. Autograd records
+operations above `__torch_dispatch__`, so backward ops dispatch back in and gradients are SharedTensors.
+
+This module holds data only: every operation is routed by `tensor.dispatch` to the handlers in `tensor/ops_*.py`
+(aten ops) or to the autograd Functions in `tensor/autograd.py` (the few functional calls that need their own
+protocol or gradient). There is no protocol code here.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..protocols.sharing import Shares
+
+LOGICAL_DTYPES = (torch.float32, torch.int64, torch.bool)
+
+# Write generations of share storages, keyed by storage address. Views share their base's storage, so a write through
+# any alias is seen by every SharedTensor over that storage. (Inner ops run below autograd, where tensor version
+# counters are not shared by views, so they cannot serve.) A live tensor keeps its storage, so its address is not
+# reused while it is being tracked.
+_WRITES: dict = {}
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def note_write(t: torch.Tensor) -> None:
+    """Record an in-place write into the storage of share tensor t."""
+    k = _storage_key(t)
+    _WRITES[k] = _WRITES.get(k, 0) + 1
+
+
+def _generation(shares) -> tuple:
+    return (_WRITES.get(_storage_key(shares.cur), 0), _WRITES.get(_storage_key(shares.prev), 0))
+
+
+class SharedTensor(torch.Tensor):
+    shares: Shares
+    party: object
+    public: torch.Tensor | None
+
+    @staticmethod
+    def __new__(cls, shares: Shares, party, dtype: torch.dtype = torch.float32, requires_grad: bool = False,
+                public: torch.Tensor | None = None):
+        if not isinstance(shares, Shares):
+            raise TypeError(f"SharedTensor takes protocols.sharing.Shares, got {type(shares).__name__}")
+        cur, prev = shares
+        if cur.dtype != torch.int64 or prev.dtype != torch.int64:
+            raise TypeError(f"shares must be torch.int64 ring tensors, got {cur.dtype} and {prev.dtype}")
+        if cur.shape != prev.shape:
+            raise ValueError(f"the two shares differ in shape: {tuple(cur.shape)} vs {tuple(prev.shape)}")
+        if dtype not in LOGICAL_DTYPES:
+            raise TypeError(f"SharedTensor dtype must be one of {LOGICAL_DTYPES}, got {dtype}")
+        out = torch.Tensor._make_wrapper_subclass(cls, cur.shape, dtype=dtype, device=cur.device,
+                                                  requires_grad=requires_grad)
+        out.shares = shares
+        out.party = party
+        out.public = public
+        return out
+
+    @property
+    def public(self):
+        pub = self.__dict__.get("_public")
+        if pub is None:
+            return None
+        if self.__dict__.get("_public_generation") != _generation(self.shares):
+            self.__dict__["_public"] = None  # the shares were written in place since: no longer known to be public
+            return None
+        return pub
+
+    @public.setter
+    def public(self, value):
+        self.__dict__["_public"] = value
+        self.__dict__["_public_generation"] = _generation(self.shares) if value is not None else None
+
+    def __init__(self, shares, party, dtype=torch.float32, requires_grad=False, public=None):
+        pass  # everything is set in __new__
+
+    @classmethod
+    def from_shares(cls, shares: Shares, party, requires_grad: bool = False, dtype: torch.dtype = torch.float32,
+                    public: torch.Tensor | None = None) -> "SharedTensor":
+        """Wrap this party's `Shares` (int64 ring elements, fixed-point encoded) as a SharedTensor."""
+        return cls(shares, party, dtype=dtype, requires_grad=requires_grad, public=public)
+
+    # ---- routing ----------------------------------------------------------------------------------------------
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        from .dispatch import torch_function
+        return torch_function(func, types, args, kwargs or {})
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        from .dispatch import dispatch_op
+        return dispatch_op(func, args, kwargs or {})
+
+    # ---- plain-Python protocol: nothing here may open the value -----------------------------------------------
+    def __repr__(self, *, tensor_contents=None):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        pub = ", public" if self.public is not None else ""
+        rank = getattr(self.party, "rank", "?")
+        return f"SharedTensor(shape={tuple(self.shape)}, dtype={self.dtype}, party={rank}{pub}{grad})"
+
+    def __deepcopy__(self, memo):
+        if id(self) in memo:
+            return memo[id(self)]
+        new = SharedTensor(self.shares.map(torch.clone), self.party, self.dtype, self.requires_grad,
+                           None if self.public is None else self.public.clone())
+        memo[id(self)] = new
+        if self.grad is not None:
+            new.grad = self.grad.__deepcopy__(memo)
+        if getattr(self, "_is_param", False):
+            new._is_param = True
+        return new
+
+    def __reduce_ex__(self, proto):
+        raise TypeError("a SharedTensor holds one party's shares and its live Party; it cannot be pickled. "
+                        "Save shares with secure_lightning.nn.share_state_dict or open the value with reveal_tensor")
