@@ -1,0 +1,1026 @@
+"""RSS3PC: a Lightning strategy that trains a LightningModule on secret-shared data and weights (3 parties).
+
+    import secure_lightning                      # registers strategy="rss3pc"
+    trainer = Trainer(strategy=secure_lightning.RSS3PC(), max_epochs=3)
+    trainer.fit(model, train_loader, val_loader)  # model's parameters hold the trained weights afterwards
+
+Parties and roles. Three processes (parties P0, P1, P2) hold replicated shares of every weight, activation and
+gradient. The *data owner* (default P0) is the only party that iterates the dataloaders; each batch is secret-shared
+when it reaches `batch_to_device` (shapes and dtypes are public). The *model owner* (default P0) supplies the initial
+weights, which are shared in `setup` before the optimizers are built, and receives the trained weights at the end of
+fit. Lightning's loops run in all three parties in lock step: the other parties iterate a stub loader of the data
+owner's length and receive shares instead of batches.
+
+Reveal policy. Nothing is opened unless `RSS3PC(reveal=...)` allows it (see `secure_lightning.reveal`): by default
+logged losses and metrics go to all parties (so progress bar, loggers and callbacks work and agree), predictions to
+the data owner and weights to the model owner. `self.log`/`self.log_dict` open shared values collectively; a value
+the policy does not allow raises `RevealPolicyError` on every party. `strategy.openings` / `strategy.opening_report()`
+list every opening (also in the launching process after the run).
+
+Launch. On one machine the strategy starts the three party processes itself (CPU: gloo, one thread each; CUDA: one
+party per GPU with three GPUs and NCCL, otherwise all three on one GPU with gloo transport). On three hosts use
+Lightning's multi-node conventions: `Trainer(num_nodes=3, devices=1)` with MASTER_ADDR, MASTER_PORT and NODE_RANK set
+on each host (or torchrun); on hosts other than the data owner pass `secure_lightning.NoData()` as dataloaders.
+
+Checkpoints. Every party writes its own shares atomically to `<path>.party<r>` (and a public manifest without shares
+to `<path>`); `ckpt_path=<path>` (or "last"/"best") restores all three exactly. `export_plaintext(path)` (or
+`RSS3PC(export_plaintext=True)` on every checkpoint) writes the model owner's plaintext `state_dict`.
+
+Threat model: semi-honest parties, honest majority (no two parties collude); see the README.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import pickle
+import re
+import warnings
+from collections.abc import Mapping
+from contextlib import contextmanager
+from typing import Any, Callable, Optional, Union
+
+import torch
+import torch.distributed as dist
+from lightning_utilities.core.apply_func import apply_to_collection
+from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero_only
+from torch import Tensor
+
+import pytorch_lightning as pl
+from lightning_fabric.plugins import CheckpointIO, ClusterEnvironment
+from lightning_fabric.utilities.distributed import _all_gather_ddp_if_available, _sync_ddp
+from lightning_fabric.utilities.types import ReduceOp
+from pytorch_lightning.plugins.precision import Precision
+from pytorch_lightning.strategies import ParallelStrategy, StrategyRegistry
+from pytorch_lightning.trainer.states import TrainerFn, TrainerStatus
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
+
+from . import nn as secure_nn
+from .encoding import FixedPoint
+from .launcher import NoData, PartyLauncher
+from .protocols.sharing import Shares
+from .reveal import ALL, OpeningRecord, RevealPolicy, RevealPolicyError, category_of_logged, report
+from .runtime import DEFAULT_TIMEOUT, init_party
+from .tensor import SharedTensor, reveal_tensor, share_tensor
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RSS3PC", "SharePrecision", "NoData", "PendingBatch", "party_path", "checkpoint_base"]
+
+_BLOB = "__rss3pc_shares__"
+_STEP_HOOKS = ("training_step", "validation_step", "test_step", "predict_step")
+
+
+def _is_shared(x) -> bool:
+    return isinstance(x, SharedTensor)
+
+
+def _contains_shared(obj) -> bool:
+    found = []
+    apply_to_collection(obj, SharedTensor, lambda t: found.append(1))
+    return bool(found)
+
+
+def party_path(path, rank: int) -> str:
+    """The file holding party `rank`'s shares of the checkpoint `path`."""
+    return f"{os.fspath(path)}.party{rank}"
+
+
+def checkpoint_base(path) -> str:
+    """The checkpoint a file belongs to: `x.ckpt.party1` and `x.ckpt.plain` -> `x.ckpt` (Lightning's "last" lookup
+    lists every file whose name contains "last", our per-party files included)."""
+    return re.sub(r"\.(party[0-2]|plain)$", "", os.fspath(path))
+
+
+def _atomic_save(obj, path: str) -> None:
+    """torch.save to a temporary file in the same folder, then os.replace: readers never see a partial file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class PendingBatch:
+    """What a party without the data gets from its stub loader: the data owner is about to share the real batch."""
+
+    def __repr__(self):
+        return "PendingBatch()"
+
+
+_PENDING = PendingBatch()
+
+
+class _OwnerLoader:
+    """The data owner's loader: iterates the user's loader and tells the other parties, per batch, that one came
+    (and when the epoch ended), so their stubs stay in step even for loaders without a length."""
+
+    def __init__(self, loader, strategy: "RSS3PC"):
+        self._loader = loader
+        self._strategy = strategy
+
+    def __len__(self):
+        return len(self._loader)
+
+    def __iter__(self):
+        for batch in self._loader:
+            self._strategy._batch_flag(1)
+            yield batch
+        self._strategy._batch_flag(0)
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("_loader", "_strategy", "state_dict", "load_state_dict"):
+            raise AttributeError(name)  # loader state stays with the owner: the others cannot mirror it
+        return getattr(self._loader, name)
+
+
+class _PeerLoader:
+    """A non-owner party's loader: as many PendingBatch placeholders as the data owner has batches."""
+
+    def __init__(self, length: Optional[int], strategy: "RSS3PC"):
+        self._length = length
+        self._strategy = strategy
+
+    def __len__(self):
+        if self._length is None:
+            raise TypeError("the data owner's loader has no length")
+        return self._length
+
+    def __iter__(self):
+        while self._strategy._batch_flag(None):
+            yield _PENDING
+
+
+class SharePrecision(Precision):
+    """precision="32-true" on secret shares (fixed point over Z_2^64): clipping by value uses two secure ReLUs per
+    element; clipping by norm is refused."""
+
+    def clip_grad_by_value(self, optimizer, clip_val: Union[int, float]) -> None:
+        """g <- clamp(g, -c, c) = g + relu(-c - g) - relu(g - c). Cost: two ReLU protocols per gradient element."""
+        import torch.nn.functional as F
+        c = float(clip_val)
+        with torch.no_grad():
+            for p in self.main_params(optimizer):
+                g = p.grad
+                if g is None:
+                    continue
+                if _is_shared(g):
+                    p.grad = g + F.relu(-c - g) - F.relu(g - c)
+                else:
+                    g.clamp_(-c, c)
+
+    def clip_grad_by_norm(self, optimizer, clip_val: Union[int, float]) -> None:
+        raise NotImplementedError(
+            "RSS3PC: gradient clipping by norm is not supported on secret-shared gradients (it needs a secure square "
+            "root and division of the global norm). Use Trainer(gradient_clip_algorithm='value', "
+            "gradient_clip_val=...) instead.")
+
+
+class RSS3PC(ParallelStrategy):
+    """Private training with three-party replicated secret sharing (see the module docstring).
+
+    Args:
+        data_owner: the party (0, 1, 2) that holds the data and iterates the dataloaders.
+        model_owner: the party that supplies the initial weights and receives the trained ones.
+        reveal: the reveal policy, a dict {what: recipient} updating the default (see secure_lightning.reveal) or a
+            RevealPolicy.
+        reveal_weights: open the trained weights to the model owner at the end of fit (False: the weights stay
+            secret-shared; only the per-party share checkpoints hold them).
+        timeout: seconds a party waits for a peer before failing (communication, collectives, start-up).
+        frac_bits: fixed-point fractional bits.
+        export_plaintext: at every checkpoint also write the model owner's plaintext state_dict to `<path>.plain`
+            (opens the weights to the model owner; needs the policy to allow "weights").
+        backend: "gloo" or "nccl" (default: NCCL when every party has its own GPU, else gloo).
+        insecure_fast_prg: use torch's (non-cryptographic) generator for correlated randomness: for debugging only.
+    """
+
+    strategy_name = "rss3pc"
+
+    def __init__(self, data_owner: int = 0, model_owner: int = 0, reveal=None, reveal_weights: bool = True,
+                 timeout: float = DEFAULT_TIMEOUT, frac_bits: Optional[int] = None, export_plaintext: bool = False,
+                 backend: Optional[str] = None, insecure_fast_prg: bool = False,
+                 accelerator: Optional["pl.accelerators.Accelerator"] = None,
+                 cluster_environment: Optional[ClusterEnvironment] = None,
+                 checkpoint_io: Optional[CheckpointIO] = None,
+                 precision_plugin: Optional[Precision] = None):
+        super().__init__(accelerator=accelerator, parallel_devices=None, cluster_environment=cluster_environment,
+                         checkpoint_io=checkpoint_io, precision_plugin=precision_plugin)
+        for name, r in (("data_owner", data_owner), ("model_owner", model_owner)):
+            if r not in (0, 1, 2):
+                raise ValueError(f"RSS3PC({name}={r!r}): parties are 0, 1 and 2")
+        if backend not in (None, "gloo", "nccl"):
+            raise ValueError(f"RSS3PC(backend={backend!r}): use 'gloo' or 'nccl'")
+        self.data_owner = data_owner
+        self.model_owner = model_owner
+        self.policy = RevealPolicy.build(reveal, data_owner=data_owner, model_owner=model_owner,
+                                         reveal_weights=reveal_weights)
+        if export_plaintext and self.policy.recipient("weights") is None:
+            raise ValueError("RSS3PC(export_plaintext=True) opens the weights at every checkpoint, but the reveal "
+                             "policy forbids opening 'weights' (reveal_weights=False or reveal={'weights': None})")
+        self.timeout = float(timeout)
+        self.encoding = FixedPoint() if frac_bits is None else FixedPoint(frac_bits)
+        self.export_plaintext_on_save = export_plaintext
+        self._backend_choice = backend
+        self.insecure_fast_prg = insecure_fast_prg
+        self._num_nodes = 1
+        self._procs_per_node = 3
+        self._backend = "gloo"
+        self._spawn = True
+        self._spawned_as = None          # (rank, addr, port) inside a process our launcher spawned
+        self._party = None
+        self._secured = False
+        self._plain_backup: Optional[dict] = None
+        self._wrapped: list = []         # (object, attribute) pairs we patched, undone in teardown
+        self._openings: list = []        # OpeningRecord
+        self._accounted: list = []       # (start, end) ranges of party.audit made by the strategy
+        self._party_audits: dict = {}    # in the launching process: {rank: [Opening]} from the parties
+        self._party_unaccounted: list = []
+        self._weights_revealed = False
+
+    # ---- layout: processes, devices, ranks ----------------------------------------------------------------------
+    @property
+    def num_nodes(self) -> int:
+        return self._num_nodes
+
+    @num_nodes.setter
+    def num_nodes(self, n: int) -> None:
+        self._num_nodes = n
+
+    @property
+    def num_processes(self) -> int:
+        return self._procs_per_node
+
+    @property
+    def is_distributed(self) -> bool:
+        # Not "distributed" in Lightning's sense: no DistributedSampler (the data owner iterates the whole loader),
+        # no sync_dist (logged values are opened to all parties and equal).
+        return False
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict:
+        return {"num_replicas": 1, "rank": 0}
+
+    @property
+    def root_device(self) -> torch.device:
+        devs = self.parallel_devices
+        if not devs:
+            return torch.device("cpu")
+        return devs[min(self.local_rank, len(devs) - 1)]
+
+    @property
+    def party(self):
+        """This process's Party (None in the launching process)."""
+        return self._party
+
+    def _resolve_layout(self) -> None:
+        nodes = self.num_nodes
+        if nodes not in (1, 3):
+            raise ValueError(f"RSS3PC runs exactly three parties: on one machine (num_nodes=1) or on three hosts "
+                             f"(num_nodes=3, devices=1: one party per host); got num_nodes={nodes}")
+        devs = [torch.device(d) for d in (self.parallel_devices or [torch.device("cpu")])]  # idempotent
+        kind = devs[0].type
+        if kind not in ("cpu", "cuda"):
+            raise ValueError(f"RSS3PC supports the cpu and cuda accelerators, got {kind!r}")
+        if nodes == 3:
+            if len(devs) != 1:
+                raise ValueError(f"RSS3PC on three hosts runs one party per host: use Trainer(num_nodes=3, devices=1), "
+                                 f"got {len(devs)} devices per host")
+            local = devs
+        elif kind == "cpu":
+            if len(devs) not in (1, 3):
+                raise ValueError(f"RSS3PC always runs three party processes; on CPU leave devices at 1 (or 3), got "
+                                 f"devices={len(devs)}")
+            local = [torch.device("cpu")] * 3
+        else:
+            local = devs[:3] if len(devs) >= 3 else [devs[0]] * 3
+        distinct_gpus = kind == "cuda" and (nodes == 3 or len({str(d) for d in local}) == 3)
+        backend = self._backend_choice or ("nccl" if distinct_gpus else "gloo")
+        if backend == "nccl" and not distinct_gpus:
+            raise ValueError("RSS3PC(backend='nccl') needs one GPU per party (NCCL refuses two ranks on one GPU); "
+                             "use backend='gloo' or three GPUs")
+        self._procs_per_node = 1 if nodes == 3 else 3
+        self.parallel_devices = local
+        self._backend = backend
+        env = self.cluster_environment
+        external = env is not None and env.creates_processes_externally
+        self._spawn = nodes == 1 and not external
+
+    def set_world_ranks(self) -> None:
+        self._resolve_layout()
+        env = self.cluster_environment
+        if env is not None:
+            env.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
+            env.set_world_size(self.num_nodes * self.num_processes)
+            if env.world_size() != 3:
+                raise ValueError(f"RSS3PC runs exactly three parties, the cluster environment has world size "
+                                 f"{env.world_size()} (torchrun: --nproc_per_node=3 on one machine, or --nnodes=3 "
+                                 f"--nproc_per_node=1)")
+        rank_zero_only.rank = utils_rank_zero_only.rank = self.global_rank
+
+    def _configure_launcher(self) -> None:
+        self._check_precision()
+        self._resolve_layout()
+        if self.num_nodes == 3 and self._spawned_as is None:
+            env = self.cluster_environment
+            from lightning_fabric.plugins.environments import LightningEnvironment
+            if isinstance(env, LightningEnvironment) and not env.creates_processes_externally:
+                missing = [v for v in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK") if v not in os.environ]
+                if missing:
+                    raise ValueError(f"RSS3PC on three hosts (num_nodes=3): set {', '.join(missing)} on every host "
+                                     f"(MASTER_ADDR/MASTER_PORT: party 0's address and a free port; NODE_RANK: 0, 1, "
+                                     f"2) or start with torchrun")
+        self._launcher = PartyLauncher(self, spawn=self._spawn)
+
+    def _check_precision(self) -> None:
+        plugin = self._precision_plugin
+        if plugin is None or type(plugin) is Precision:
+            self._precision_plugin = SharePrecision()
+        elif not isinstance(plugin, SharePrecision):
+            name = getattr(plugin, "precision", type(plugin).__name__)
+            raise ValueError(f"RSS3PC supports precision='32-true' only (secret shares are fixed point over "
+                             f"Z_2^64, with {self.encoding.frac_bits} fractional bits); got precision={name!r}")
+
+    def _check_trainer(self, trainer: "pl.Trainer") -> None:
+        """Refuse, before any process starts, what the strategy cannot do."""
+        clip = trainer.gradient_clip_val
+        algo = trainer.gradient_clip_algorithm
+        if clip is not None and float(clip) > 0 and (algo is None or str(getattr(algo, "value", algo)) == "norm"):
+            raise NotImplementedError(
+                "RSS3PC: gradient clipping by norm is not supported on secret-shared gradients (Lightning's default "
+                "algorithm when gradient_clip_val is set). Use Trainer(gradient_clip_algorithm='value', "
+                f"gradient_clip_val={clip}) to clip by value.")
+        lm = trainer.lightning_module
+        if lm is not None:
+            for hook in _STEP_HOOKS:
+                fn = getattr(lm, hook, None)
+                if fn is not None and is_param_in_hook_signature(fn, "dataloader_iter", explicit=True):
+                    raise NotImplementedError(
+                        f"RSS3PC: `{hook}(self, dataloader_iter)` is not supported: only the data owner reads the "
+                        "data, and batches are secret-shared in batch_to_device, which Lightning skips for "
+                        f"dataloader_iter steps. Use `{hook}(self, batch, batch_idx)`.")
+        if getattr(trainer, "_accelerator_connector", None) is not None and trainer._accelerator_connector._layer_sync:
+            raise NotImplementedError("RSS3PC: sync_batchnorm is not supported")
+
+    # ---- environment ----------------------------------------------------------------------------------------------
+    def setup_environment(self) -> None:
+        self.set_world_ranks()
+        super().setup_environment()  # accelerator.setup_device(root_device)
+        rank = self.global_rank
+        if self._spawned_as is not None:
+            rank, addr, port = self._spawned_as
+        else:
+            addr, port = self.cluster_environment.main_address, self.cluster_environment.main_port
+        self._party = init_party(rank, addr, int(port), backend=self._backend, timeout=self.timeout,
+                                 encoding=self.encoding, device=self.root_device,
+                                 insecure_fast_prg=self.insecure_fast_prg,
+                                 threads=1 if self._spawned_as is not None else None)
+        if hasattr(dist, "set_timeout"):  # the rendezvous may wait longer (start-up); every later op: our timeout
+            dist.set_timeout(datetime.timedelta(seconds=self.timeout))
+        self._openings, self._accounted = [], []
+        # logged values are opened to all parties and equal everywhere: Lightning's advice to sync them is moot
+        warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(.*sync_dist=True\)`",
+                                category=PossibleUserWarning)
+        log.info(f"RSS3PC: party {rank} ready on {self.root_device} ({self._backend})")
+
+    def connect(self, model: "pl.LightningModule") -> None:
+        super().connect(model)
+        if self._spawned_as is None and self._spawn:
+            return  # the launching process on one machine: nothing runs here
+        self._patch(model, "log", self._make_log(model.log))
+        self._patch(model, "log_dict", self._make_log_dict(model.log_dict))
+        self._patch(model, "_on_before_batch_transfer", self._make_before_transfer(model._on_before_batch_transfer))
+
+    def _patch(self, obj, name: str, value) -> None:
+        self._wrapped.append((obj, name, name in vars(obj), vars(obj).get(name)))
+        setattr(obj, name, value)
+
+    def _unpatch(self) -> None:
+        for obj, name, had, old in reversed(self._wrapped):
+            if had:
+                setattr(obj, name, old)
+            else:
+                try:
+                    delattr(obj, name)
+                except AttributeError:
+                    pass
+        self._wrapped = []
+
+    # ---- model: share at setup, restore at teardown ----------------------------------------------------------
+    def model_to_device(self) -> None:
+        assert self.model is not None
+        if not self._secured:
+            self.model.to(self.root_device)
+
+    def setup(self, trainer: "pl.Trainer") -> None:
+        self._check_trainer(trainer)
+        assert self.accelerator is not None and self.lightning_module is not None
+        self.accelerator.setup(trainer)
+        for loop in (trainer.fit_loop.epoch_loop.val_loop, trainer.validate_loop, trainer.test_loop,
+                     trainer.predict_loop):
+            loop.inference_mode = False  # SharedTensor autograd-free ops run under no_grad
+        self.model_to_device()
+        self._secure_model()
+        self._wrap_metrics(self.lightning_module)
+        if trainer.state.fn == TrainerFn.FITTING:
+            self.setup_optimizers(trainer)
+        self.setup_precision_plugin()
+
+    def _secure_model(self) -> None:
+        lm = self.lightning_module
+        self._plain_backup = {k: v.detach().to("cpu", copy=True) for k, v in lm.state_dict().items()}
+        out = secure_nn.secure_module(lm, self._party, owner=self.model_owner)
+        if out is not None and out is not lm:
+            raise RuntimeError("secure_module must secure the LightningModule in place")
+        self._secured = True
+        self._weights_revealed = False
+
+    def teardown(self) -> None:
+        lm = self.lightning_module
+        if self._party is not None and self._secured and lm is not None:
+            trainer = lm._trainer
+            finished = trainer is not None and trainer.state.status == TrainerStatus.RUNNING
+            state = self._plain_backup
+            if finished and trainer.state.fn == TrainerFn.FITTING and self.policy.recipient("weights") is not None:
+                sd = self._open_weights()
+                if sd is not None:
+                    state = sd
+                    self._weights_revealed = True
+            secure_nn.restore_plain(lm, state)
+            self._secured = False
+            self._reset_optimizers_and_schedulers()
+        if self._party is not None:
+            self._unpatch()
+        super().teardown()
+
+    def _open_weights(self) -> Optional[dict]:
+        """Open the weights to the recipient of "weights" (the model owner by default); returns them there."""
+        to = self.policy.check("weights")
+        n0 = len(self._party.audit)
+        sd = secure_nn.reveal_state_dict(self.lightning_module, self._party, to=None if to == ALL else to)
+        n1 = len(self._party.audit)
+        self._accounted.append((n0, n1))
+        for rec in self._party.audit.records[n0:n1]:
+            self._record("weights", rec.label, rec.shape, to)
+        if sd is None:
+            return None
+        return {k: v.detach().cpu() for k, v in sd.items()}
+
+    # ---- openings -----------------------------------------------------------------------------------------------
+    def _record(self, what: str, name: str, shape, to, kind: str = "reveal") -> None:
+        lm = self.lightning_module
+        trainer = lm._trainer if lm is not None else None
+        stage = trainer.state.stage.value if trainer is not None and trainer.state.stage is not None else ""
+        step = trainer.global_step if trainer is not None else -1
+        self._openings.append(OpeningRecord(what, str(name), tuple(shape), "all" if to == ALL else f"party {to}",
+                                            stage, step, kind))
+
+    def reveal(self, value, what: str = "metrics", name: Optional[str] = None, *, need_all: bool = False):
+        """Open every SharedTensor in `value` (a tensor or a collection) as the reveal policy allows for (what, name).
+
+        Collective: all three parties must call it at the same point. Returns plaintext on the recipients and None
+        (per tensor) elsewhere. Raises RevealPolicyError (on every party) when the policy forbids it.
+        """
+        to = self.policy.check(what, name, need_all=need_all)
+
+        def open_one(t):
+            n0 = len(self._party.audit)
+            out = reveal_tensor(t.detach(), to=None if to == ALL else to, label=f"policy/{what}/{name or ''}")
+            self._accounted.append((n0, len(self._party.audit)))
+            self._record(what, name or what, t.shape, to)
+            if out is not None and t.dtype != out.dtype:
+                out = out.round().to(t.dtype) if not t.dtype.is_floating_point else out.to(t.dtype)
+            return out
+
+        return apply_to_collection(value, SharedTensor, open_one)
+
+    @property
+    def openings(self) -> list:
+        """Every opening made (OpeningRecord: what, name, shape, to, stage, step, kind). In the launching process:
+        the data owner's record of the last run."""
+        return list(self._openings)
+
+    def unaccounted_openings(self) -> list:
+        """Openings in party.audit not made through the reveal policy (direct reveal_tensor calls in user code)."""
+        if self._party is None:
+            return list(self._party_unaccounted)
+        covered = set()
+        for a, b in self._accounted:
+            covered.update(range(a, b))
+        return [o for i, o in enumerate(self._party.audit.records) if i not in covered]
+
+    def opening_report(self) -> str:
+        """A table of every opening, grouped with counts; openings outside the policy are flagged."""
+        return report(self._openings, self.unaccounted_openings())
+
+    # ---- logging ------------------------------------------------------------------------------------------------
+    def _open_logged(self, name: str, value):
+        if isinstance(value, Mapping) or not _contains_shared(value):
+            return value
+        return self.reveal(value, category_of_logged(name), name, need_all=True)
+
+    def _make_log(self, orig: Callable) -> Callable:
+        def log(name: str, value, *args, **kwargs):
+            return orig(name, self._open_logged(name, value), *args, **kwargs)
+        log.__wrapped__ = orig
+        return log
+
+    def _make_log_dict(self, orig: Callable) -> Callable:
+        def log_dict(dictionary, *args, **kwargs):
+            if isinstance(dictionary, Mapping):
+                dictionary = {k: self._open_logged(k, v) for k, v in dictionary.items()}
+            return orig(dictionary, *args, **kwargs)
+        log_dict.__wrapped__ = orig
+        return log_dict
+
+    # ---- torchmetrics: the recipient of "predictions" updates and computes, then publishes ------------------
+    def _wrap_metrics(self, lm) -> None:
+        try:
+            from torchmetrics import Metric
+        except ImportError:  # pragma: no cover
+            return
+        for name, m in lm.named_modules():
+            if isinstance(m, Metric) and not getattr(m, "_rss3pc_wrapped", False):
+                self._wrap_metric(name, m)
+
+    def _wrap_metric(self, name: str, m) -> None:
+        """Wrap a torchmetrics Metric: shared inputs are opened to the recipient of "predictions" (the data owner),
+        which alone updates the metric on plaintext; values computed there are published to all parties (a
+        "metrics" opening), so Lightning logs the same number everywhere. Torchmetrics' own process-group sync is
+        switched off (the other parties hold no state)."""
+        strategy = self
+        m.sync_on_compute = False
+        m.dist_sync_on_step = False
+        orig_update, orig_compute = m.update, m.compute
+        orig_forward = type(m).forward.__get__(m)
+        inside = [False]  # Metric.forward calls update/compute itself: those run locally, not collectively
+
+        def holder_and_plain(args, kwargs):
+            to = strategy.policy.check("predictions", f"metric/{name}")
+            args, kwargs = strategy.reveal((args, kwargs), "predictions", f"metric/{name}")
+            return to, args, kwargs
+
+        def holds(to) -> bool:
+            return to == ALL or to == strategy._party.rank
+
+        def update(*args, **kwargs):
+            if inside[0] or not _contains_shared((args, kwargs)):
+                return orig_update(*args, **kwargs)
+            to, args, kwargs = holder_and_plain(args, kwargs)
+            if holds(to):
+                orig_update(*args, **kwargs)
+
+        def forward(*args, **kwargs):
+            if inside[0] or not _contains_shared((args, kwargs)):
+                return orig_forward(*args, **kwargs)
+            to, args, kwargs = holder_and_plain(args, kwargs)
+            out = None
+            if holds(to):
+                inside[0] = True
+                try:
+                    out = orig_forward(*args, **kwargs)
+                finally:
+                    inside[0] = False
+            if to != ALL:
+                out = strategy._publish_value(out, to, "metrics", name)
+            m._forward_cache = out
+            return out
+
+        def compute():
+            if inside[0]:
+                return orig_compute()
+            to = strategy.policy.check("predictions", f"metric/{name}")
+            if to == ALL:
+                return orig_compute()
+            out = orig_compute() if strategy._party.rank == to else None
+            return strategy._publish_value(out, to, "metrics", name)
+
+        for attr, fn in (("update", update), ("forward", forward), ("compute", compute)):
+            self._patch(m, attr, fn)
+        self._patch(m, "_rss3pc_wrapped", True)
+
+    def _publish_value(self, value, src: int, what: str, name: str):
+        """Party `src` sends a plaintext value it holds to the others (policy: (what, name) must go to all)."""
+        self.policy.check(what, name, need_all=True)
+        value = apply_to_collection(value, Tensor, lambda t: t.detach().cpu())
+        out = self._publish(value, src, f"publish/{what}")
+        shape = tuple(out.shape) if isinstance(out, Tensor) else ()
+        self._record(what, name, shape, ALL, kind="publish")
+        return apply_to_collection(out, Tensor, lambda t: t.to(self.root_device))
+
+    # ---- small public messages between parties (counted by the communicator) -----------------------------------
+    def _publish(self, obj, src: int, label: str):
+        """Party `src` sends a picklable public object to both others. Cost: 2 rounds, 8 + len(pickle) bytes to
+        each peer from `src`."""
+        party = self._party
+        comm = party.comm
+        peers = [p for p in range(3) if p != src]
+        with party.label(f"strategy/{label}"):
+            if party.rank == src:
+                data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+                n = torch.tensor([data.numel()], dtype=torch.int64)
+                comm.round({p: n for p in peers})
+                comm.round({p: data for p in peers})
+                return obj
+            n = int(comm.round({}, {src: ((1,), torch.int64)})[src][0])
+            data = comm.round({}, {src: ((n,), torch.uint8)})[src]
+            return pickle.loads(data.cpu().numpy().tobytes())
+
+    def _send_int(self, value: Optional[int], src: int, label: str) -> int:
+        """Party `src` sends one public integer to both others. Cost: 1 round, 8 bytes to each peer from `src`."""
+        party = self._party
+        peers = [p for p in range(3) if p != src]
+        with party.label(f"strategy/{label}"):
+            if party.rank == src:
+                t = torch.tensor([int(value)], dtype=torch.int64)
+                party.comm.round({p: t for p in peers})
+                return int(value)
+            return int(party.comm.round({}, {src: ((1,), torch.int64)})[src][0])
+
+    def _batch_flag(self, value: Optional[int]) -> int:
+        return self._send_int(value, self.data_owner, "data/has_batch")
+
+    def _agree(self, ok: bool, what: str) -> None:
+        """Every party learns whether all three succeeded; all raise together if one did not. Cost: 1 round."""
+        party = self._party
+        t = torch.tensor([int(bool(ok))], dtype=torch.int64)
+        with party.label("strategy/agree"):
+            got = party.comm.round({party.next: t, party.prev: t},
+                                   {party.next: ((1,), torch.int64), party.prev: ((1,), torch.int64)})
+        bad = [p for p, v in got.items() if int(v[0]) == 0]
+        if bad and ok:
+            raise RuntimeError(f"RSS3PC: {what} failed in party {', '.join(map(str, sorted(bad)))} (see its error)")
+
+    # ---- data -----------------------------------------------------------------------------------------------------
+    def process_dataloader(self, dataloader: object) -> object:
+        if self._party is None:
+            return dataloader
+        if self._party.rank == self.data_owner:
+            if isinstance(dataloader, NoData):
+                raise ValueError("RSS3PC: the data owner was given NoData() as a dataloader; pass the real loader "
+                                 "to the data owner's Trainer call")
+            try:
+                n = len(dataloader)
+            except (TypeError, NotImplementedError):
+                n = -1
+            self._send_int(n, self.data_owner, "data/length")
+            return _OwnerLoader(dataloader, self)
+        n = self._send_int(None, self.data_owner, "data/length")
+        return _PeerLoader(None if n < 0 else n, self)
+
+    def _make_before_transfer(self, orig: Callable) -> Callable:
+        def before(batch, dataloader_idx: int = 0):
+            if isinstance(batch, PendingBatch):
+                return batch  # the user's hooks run on the data owner's plaintext only
+            return orig(batch, dataloader_idx)
+        return before
+
+    def batch_to_device(self, batch: Any, device: Optional[torch.device] = None, dataloader_idx: int = 0) -> Any:
+        """Secret-share the data owner's batch: float tensors as fixed point, integer and bool tensors (labels) as
+        integer SharedTensors; tuples, lists, dicts recursively. Cost: 3 rounds for the structure, then
+        `share_tensor` per tensor."""
+        if self._party is None:
+            return super().batch_to_device(batch, device, dataloader_idx)
+        party, owner = self._party, self.data_owner
+        if party.rank == owner:
+            if isinstance(batch, PendingBatch):
+                raise RuntimeError("RSS3PC internal error: the data owner got a placeholder batch")
+            lm = self.lightning_module
+            batch = lm._apply_batch_transfer_handler(batch, device=self.root_device, dataloader_idx=dataloader_idx)
+            leaves: list = []
+            try:
+                spec, err = _spec_of(batch, leaves, "batch"), None
+            except TypeError as e:
+                spec, err = None, str(e)
+            self._publish((spec, err), owner, "data/batch_spec")
+        else:
+            spec, err = self._publish(None, owner, "data/batch_spec")
+            leaves = None
+        if err is not None:
+            raise TypeError(f"RSS3PC: {err}")
+        it = iter(leaves) if leaves is not None else None
+        counter = [0]
+
+        def build(s):
+            kind = s[0]
+            if kind == "T":
+                x = next(it) if it is not None else None
+                i = counter[0]
+                counter[0] += 1
+                return share_tensor(x, owner, party, label=f"batch/{i}")
+            if kind == "N":
+                return None
+            if kind == "L":
+                return [build(c) for c in s[1]]
+            if kind == "U":
+                return tuple(build(c) for c in s[1])
+            if kind == "NT":
+                return s[1](*[build(c) for c in s[2]])
+            if kind == "D":
+                return s[1]((k, build(c)) for k, c in s[2])
+            raise AssertionError(kind)
+
+        return build(spec)
+
+    # ---- steps ---------------------------------------------------------------------------------------------------
+    def predict_step(self, *args: Any, **kwargs: Any) -> Any:
+        out = super().predict_step(*args, **kwargs)
+        if self._party is None or not _contains_shared(out):
+            return out
+        return self.reveal(out, "predictions", "predict_step")
+
+    # ---- collectives on public values ---------------------------------------------------------------------------
+    def _collective_device(self) -> torch.device:
+        return self.root_device if self._backend == "nccl" else torch.device("cpu")
+
+    def _refuse_shared(self, obj, op: str) -> None:
+        if self._party is not None and _contains_shared(obj):
+            raise RevealPolicyError(f"RSS3PC.{op} got a secret-shared tensor: collectives work on public values "
+                                    f"only. Open it first with self.log(...) or trainer.strategy.reveal(...)")
+
+    @contextmanager
+    def _collective(self, op: str):
+        """Name the operation and this party when a process-group collective fails (a peer died or hung)."""
+        try:
+            yield
+        except RuntimeError as e:
+            from .comm import PartyTimeoutError
+            if isinstance(e, PartyTimeoutError):
+                raise
+            rank = self._party.rank if self._party is not None else self.global_rank
+            raise PartyTimeoutError(f"party {rank}: {op} over the process group failed (a party died, hung or "
+                                    f"diverged; timeout {self.timeout:g}s): {e}") from e
+
+    def reduce(self, tensor, group: Optional[Any] = None, reduce_op: Optional[Union[ReduceOp, str]] = "mean"):
+        """All-reduce a public tensor over the three parties (mean by default); anything else comes back as is."""
+        if not isinstance(tensor, Tensor):
+            return tensor
+        self._refuse_shared(tensor, "reduce")
+        if not (dist.is_available() and dist.is_initialized()):
+            return tensor
+        t = tensor.detach().to(self._collective_device()).clone()
+        with self._collective("reduce"):
+            out = _sync_ddp(t, group, reduce_op)
+        return out.to(tensor.device)
+
+    def barrier(self, name: Optional[str] = None) -> None:
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        with self._collective(f"barrier {name or ''}".strip()):
+            if self._backend == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=self.timeout), wait_all_ranks=True)
+            else:
+                dist.barrier(device_ids=[self.root_device.index])
+
+    def broadcast(self, obj, src: int = 0):
+        if not (dist.is_available() and dist.is_initialized()):
+            return obj
+        self._refuse_shared(obj, "broadcast")
+        box = [obj]
+        with self._collective("broadcast"):
+            dist.broadcast_object_list(box, src)
+        return box[0]
+
+    def all_gather(self, tensor: Tensor, group: Optional[Any] = None, sync_grads: bool = False) -> Tensor:
+        self._refuse_shared(tensor, "all_gather")
+        if not (dist.is_available() and dist.is_initialized()):
+            return tensor
+        with self._collective("all_gather"):
+            out = _all_gather_ddp_if_available(tensor.to(self._collective_device()), group=group,
+                                               sync_grads=sync_grads)
+        return out.to(tensor.device)
+
+    @contextmanager
+    def block_backward_sync(self):
+        yield None
+
+    # ---- checkpoints: one share file per party -------------------------------------------------------------------
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        return True  # load shares into the secured model
+
+    def lightning_module_state_dict(self) -> dict:
+        if self._secured:
+            return secure_nn.share_state_dict(self.lightning_module)
+        return super().lightning_module_state_dict()
+
+    def optimizer_state(self, optimizer) -> dict:
+        return _to_blobs(super().optimizer_state(optimizer))
+
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options: Optional[Any] = None) -> None:
+        """Party r writes its shares to `<filepath>.party<r>` and the public part (no state_dict, no optimizer
+        states, no shares) to `<filepath>`; both atomically."""
+        if storage_options is not None:
+            raise TypeError("RSS3PC.save_checkpoint does not take storage_options")
+        if self._party is None:
+            raise RuntimeError("RSS3PC: checkpoints are written by the parties (inside fit/validate/...)")
+        r = self._party.rank
+        meta = {"party": r, "frac_bits": self.encoding.frac_bits, "format": 1,
+                "share_files": [os.path.basename(party_path(filepath, p)) for p in range(3)]}
+        full = _to_blobs(dict(checkpoint))
+        full["secure_lightning"] = meta
+        _atomic_save(full, party_path(filepath, r))
+        public = {k: _strip_blobs(v) for k, v in full.items() if k not in ("state_dict", "optimizer_states")}
+        public["secure_lightning"] = dict(meta, party=None,
+                                          note="public part only: the shares are in the .party<r> files")
+        _atomic_save(public, os.fspath(filepath))
+        if self.export_plaintext_on_save:
+            self.export_plaintext(f"{os.fspath(filepath)}.plain", checkpoint)
+
+    def export_plaintext(self, filepath, checkpoint: Optional[dict] = None) -> None:
+        """Collective: open the weights to the recipient of "weights" (the model owner), which writes a Lightning
+        checkpoint with the plaintext state_dict (`plain_model.load_state_dict(torch.load(path)["state_dict"])`)."""
+        sd = self._open_weights()
+        if sd is None:
+            return
+        out = {k: _strip_blobs(v) for k, v in (checkpoint or {}).items()
+               if k not in ("state_dict", "optimizer_states")}
+        out["state_dict"] = sd
+        out["secure_lightning"] = {"plaintext": True, "frac_bits": self.encoding.frac_bits}
+        _atomic_save(out, os.fspath(filepath))
+
+    def remove_checkpoint(self, filepath) -> None:
+        if self._party is None:
+            return
+        for p in (party_path(filepath, self._party.rank), os.fspath(filepath), f"{os.fspath(filepath)}.plain"):
+            try:
+                os.remove(p)
+            except FileNotFoundError:
+                pass
+
+    def load_checkpoint(self, checkpoint_path, weights_only: Optional[bool] = None) -> dict:
+        if self._party is None:
+            return super().load_checkpoint(checkpoint_path, weights_only)
+        r = self._party.rank
+        checkpoint_path = checkpoint_base(checkpoint_path)
+        path = party_path(checkpoint_path, r)
+        ckpt, err = None, None
+        try:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"party {r}: share file {path} not found (an RSS3PC checkpoint is one file per "
+                                        f"party, <path>.party<r>; pass the path without the suffix)")
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            meta = ckpt.get("secure_lightning") or {}
+            if meta.get("party") != r:
+                raise ValueError(f"party {r}: {path} holds the shares of party {meta.get('party')}")
+            if meta.get("frac_bits") != self.encoding.frac_bits:
+                raise ValueError(f"party {r}: {path} uses {meta.get('frac_bits')} fractional bits, this run "
+                                 f"{self.encoding.frac_bits}")
+        except Exception as e:
+            err = e
+        self._agree(err is None, f"loading checkpoint {checkpoint_path}")
+        if err is not None:
+            raise err
+        return ckpt
+
+    def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
+        if not self._secured:
+            return super().load_model_state_dict(checkpoint, strict)
+        secure_nn.load_share_state_dict(self.lightning_module, checkpoint["state_dict"], self._party)
+
+    def load_optimizer_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
+        for optimizer, state in zip(self.optimizers, checkpoint["optimizer_states"]):
+            optimizer.load_state_dict(_from_blobs(state, self._party))
+
+    # ---- results back to the launching process --------------------------------------------------------------------
+    def _party_results(self, trainer: "pl.Trainer", results) -> dict:
+        """What a spawned party sends back (to files): public state, and its own results."""
+        r = self._party.rank if self._party is not None else self.global_rank
+        to_cpu = lambda t: t.detach().cpu()  # noqa: E731
+        out = {"rank": r, "state": trainer.state, "results": apply_to_collection(results, Tensor, to_cpu),
+               "callback_metrics": apply_to_collection(dict(trainer.callback_metrics), Tensor, to_cpu),
+               "openings": list(self._openings),
+               "audit": list(self._party.audit.records) if self._party is not None else [],
+               "unaccounted": self.unaccounted_openings()}
+        if trainer.state.fn == TrainerFn.FITTING:
+            out["fit_loop"] = trainer.fit_loop.state_dict()
+            out["checkpoint_callbacks"] = [
+                {k: getattr(cb, k) for k in ("best_model_path", "best_model_score", "last_model_path",
+                                             "best_k_models", "kth_best_model_path", "kth_value")
+                 if hasattr(cb, k)} for cb in trainer.checkpoint_callbacks]
+            if self._weights_revealed:
+                out["weights"] = {k: v.detach().cpu() for k, v in trainer.lightning_module.state_dict().items()}
+        return out
+
+    def _recover_results(self, trainer: "pl.Trainer", outs: list):
+        """In the launching process: put the parties' results where Lightning keeps them."""
+        main = outs[self.data_owner]
+        trainer.state = main["state"]
+        trainer.callback_metrics.update(main["callback_metrics"])
+        self._openings = main["openings"]
+        self._party_audits = {o["rank"]: o["audit"] for o in outs}
+        self._party_unaccounted = main["unaccounted"]
+        if trainer.state.fn == TrainerFn.FITTING:
+            owner = self.policy.recipient("weights")
+            src = outs[owner] if isinstance(owner, int) else outs[self.model_owner]
+            if src.get("weights") is not None:
+                trainer.lightning_module.load_state_dict(src["weights"], strict=True)
+            try:
+                trainer.fit_loop.load_state_dict(main["fit_loop"])
+                trainer.fit_loop.restarting = False
+            except Exception as e:  # pragma: no cover - best effort
+                log.debug(f"RSS3PC: could not restore the fit loop counters: {e}")
+            for cb, attrs in zip(trainer.checkpoint_callbacks, main.get("checkpoint_callbacks", [])):
+                for k, v in attrs.items():
+                    setattr(cb, k, v)
+        if trainer.state.fn == TrainerFn.PREDICTING:
+            to = self.policy.recipient("predictions")
+            return outs[to]["results"] if isinstance(to, int) else main["results"]
+        return main["results"]
+
+    @property
+    def party_audits(self) -> dict:
+        """In the launching process: {party: its party.audit records} from the last run."""
+        return dict(self._party_audits)
+
+    # ---- registry ------------------------------------------------------------------------------------------------
+    @classmethod
+    def register_strategies(cls, strategy_registry) -> None:
+        strategy_registry.register(cls.strategy_name, cls,
+                                   description="3-party replicated secret sharing (secure_lightning)")
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_party"] = None
+        state["_wrapped"] = []
+        return state
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Batch structure and share blobs
+
+def _spec_of(x, leaves: list, path: str):
+    """Public structure of a batch (the data owner's tensors go to `leaves`): ("T",) tensor, ("N",) None, ("L"/"U",
+    children) list/tuple, ("NT", type, children) namedtuple, ("D", type, [(key, child)]) dict."""
+    if isinstance(x, Tensor):
+        if _is_shared(x):
+            raise TypeError(f"{path} is already secret-shared")
+        leaves.append(x)
+        return ("T",)
+    if x is None:
+        return ("N",)
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return ("NT", type(x), [_spec_of(v, leaves, f"{path}.{f}") for f, v in zip(x._fields, x)])
+    if isinstance(x, (list, tuple)):
+        return ("L" if isinstance(x, list) else "U", [_spec_of(v, leaves, f"{path}[{i}]") for i, v in enumerate(x)])
+    if isinstance(x, dict):
+        for k in x:
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{path} has a key of type {type(k).__name__}; batch dict keys must be str or int")
+        return ("D", dict if type(x) is not dict and not _rebuildable(type(x)) else type(x),
+                [(k, _spec_of(v, leaves, f"{path}[{k!r}]")) for k, v in x.items()])
+    raise TypeError(f"the data owner's batch holds a {type(x).__name__} at {path}: only tensors (in tuples, lists, "
+                    f"dicts, or None) can be secret-shared. Turn it into a tensor or drop it in "
+                    f"on_before_batch_transfer / transfer_batch_to_device.")
+
+
+def _rebuildable(cls) -> bool:
+    try:
+        cls([])
+        return True
+    except Exception:
+        return False
+
+
+def _to_blobs(obj):
+    """Replace each SharedTensor by {_BLOB: True, cur, prev, dtype} (this party's int64 shares)."""
+    return apply_to_collection(obj, SharedTensor, lambda t: {
+        _BLOB: True, "cur": t.shares.cur.detach().cpu().clone(), "prev": t.shares.prev.detach().cpu().clone(),
+        "dtype": str(t.dtype).replace("torch.", "")})
+
+
+def _from_blobs(obj, party):
+    if isinstance(obj, dict):
+        if obj.get(_BLOB):
+            dev = party.device
+            return SharedTensor.from_shares(Shares(obj["cur"].to(dev), obj["prev"].to(dev)), party,
+                                              dtype=getattr(torch, obj["dtype"]))
+        return type(obj)((k, _from_blobs(v, party)) for k, v in obj.items())
+    if isinstance(obj, list):
+        return [_from_blobs(v, party) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_from_blobs(v, party) for v in obj)
+    return obj
+
+
+def _strip_blobs(obj):
+    if isinstance(obj, dict):
+        if obj.get(_BLOB):
+            return "<secret-shared: see the .party<r> files>"
+        return {k: _strip_blobs(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strip_blobs(v) for v in obj]
+    return obj
+
+
+if RSS3PC.strategy_name not in StrategyRegistry:
+    RSS3PC.register_strategies(StrategyRegistry)
