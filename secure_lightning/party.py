@@ -60,11 +60,11 @@ class Party:
 
     @property
     def next(self) -> int:
-        return (self.rank + 1) % 3
+        return self.comm.next
 
     @property
     def prev(self) -> int:
-        return (self.rank - 1) % 3
+        return self.comm.prev
 
     def label(self, name: str):
         return self.comm.label(name)

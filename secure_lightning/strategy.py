@@ -560,6 +560,7 @@ class RSS3PC(ParallelStrategy):
         strategy = self
         m.sync_on_compute = False
         m.dist_sync_on_step = False
+        m._to_sync = False  # torchmetrics copied sync_on_compute at construction: its compute would all_gather
         orig_update, orig_compute = m.update, m.compute
         orig_forward = type(m).forward.__get__(m)
         inside = [False]  # Metric.forward calls update/compute itself: those run locally, not collectively
@@ -900,7 +901,8 @@ class RSS3PC(ParallelStrategy):
                "callback_metrics": apply_to_collection(dict(trainer.callback_metrics), Tensor, to_cpu),
                "openings": list(self._openings),
                "audit": list(self._party.audit.records) if self._party is not None else [],
-               "unaccounted": self.unaccounted_openings()}
+               "unaccounted": self.unaccounted_openings(),
+               "comm": self._comm_totals()}
         if trainer.state.fn == TrainerFn.FITTING:
             out["fit_loop"] = trainer.fit_loop.state_dict()
             out["checkpoint_callbacks"] = [
@@ -911,6 +913,23 @@ class RSS3PC(ParallelStrategy):
                 out["weights"] = {k: v.detach().cpu() for k, v in trainer.lightning_module.state_dict().items()}
         return out
 
+    def _comm_totals(self) -> dict | None:
+        """This party's communication since its processes started (one stage): totals and bytes by top label."""
+        if self._party is None:
+            return None
+        stats = self._party.comm.stats
+        tot = stats.total()
+        return {"bytes": tot.bytes, "rounds": tot.rounds, "messages": tot.messages,
+                "bytes_by_label": {k: c.bytes for k, c in stats.grouped(1).items()}}
+
+    def communication_summary(self) -> dict:
+        """In the launching process, after a stage: party 0's bytes sent, rounds and messages, its bytes by protocol
+        label, and `bytes_all_parties` (sum over the three). Empty before any stage ran."""
+        comm = getattr(self, "_party_comm", None) or {}
+        if not comm.get(0):
+            return {}
+        return {**comm[0], "bytes_all_parties": sum(c["bytes"] for c in comm.values() if c)}
+
     def _recover_results(self, trainer: "pl.Trainer", outs: list):
         """In the launching process: put the parties' results where Lightning keeps them."""
         main = outs[self.data_owner]
@@ -919,6 +938,7 @@ class RSS3PC(ParallelStrategy):
         self._openings = main["openings"]
         self._party_audits = {o["rank"]: o["audit"] for o in outs}
         self._party_unaccounted = main["unaccounted"]
+        self._party_comm = {o["rank"]: o.get("comm") for o in outs}
         if trainer.state.fn == TrainerFn.FITTING:
             owner = self.policy.recipient("weights")
             src = outs[owner] if isinstance(owner, int) else outs[self.model_owner]

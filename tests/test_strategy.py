@@ -90,7 +90,7 @@ class LinearRegressor(pl.LightningModule):
         pred = self(x)
         self.log("val_loss", F.mse_loss(pred, y))
         if self.hparams.metric:
-            self.val_mae(pred, y)
+            self.val_mae.update(pred, y)  # update() path: torchmetrics would all_gather in compute
             self.log("val_mae", self.val_mae)
 
     def predict_step(self, batch, batch_idx):
@@ -287,6 +287,10 @@ def test_linear_sgd_steplr_accumulate_clip_matches_plain_and_only_owner_reads_da
     assert "train_loss" in report and "OUTSIDE" not in report
     audits = strategy.party_audits
     assert sorted(audits) == [0, 1, 2] and len(audits[0]) == len(audits[1]) == len(audits[2]) == len(ops)
+    # communication of the stage, reported in the launching process: every party ran the same rounds
+    comm = strategy.communication_summary()
+    assert comm["rounds"] > 0 and comm["bytes"] > 0 and comm["bytes_all_parties"] > comm["bytes"]
+    assert len({c["rounds"] for c in strategy._party_comm.values()}) == 1
 
 
 def test_convnet_adam_dropout_matches_plain_and_predict(tmp_path):
