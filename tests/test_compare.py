@@ -329,6 +329,33 @@ def test_avg_pools_forward_backward_and_cost(parties):
             assert (c.rounds, c.bytes) == (3, 16 * want.numel())
 
 
+def _global_avgpool(party, x, g):
+    a = share(x if party.rank == 0 else None, 0, party=party)
+    sg = share(g if party.rank == 0 else None, 0, party=party)
+    with party.comm.cost() as c:
+        y = CMP.avg_pool2d(a, 7, party=party)
+    ya = CMP.adaptive_avg_pool2d(a, 1, party=party)
+    gx = CMP.avg_pool2d_backward(sg, x.shape, 7, party=party)
+    gxa = CMP.adaptive_avg_pool2d_backward(sg, x.shape, party=party)
+    return [reveal_float(v, party=party) for v in (y, ya, gx, gxa)] + [c.total]
+
+
+def test_avg_pool_7x7_divides_with_extra_precision(parties):
+    """1/49 is encoded with f + 5 fractional bits (5 = floor(log2 49)): error <= 1 ulp + |sum| 2^-26 (< 2^-20
+    relative), where a plain 20-bit 1/49 would be off by 2.3e-5 relative (1.4e-4 on these means ~6)."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.rand(2, 4, 7, 7, generator=gen, dtype=torch.float64) * 8 + 2
+    g = torch.rand(2, 4, 1, 1, generator=gen, dtype=torch.float64) * 8 + 2
+    want = F.avg_pool2d(x, 7)
+    want_g = (g / 49).expand(x.shape)
+    for y, ya, gx, gxa, c in parties.run(_global_avgpool, x, g):
+        assert (c.rounds, c.bytes) == (3, 16 * want.numel())
+        for out in (y, ya):
+            assert ((out - want).abs() <= 2 * ULP + 49 * want * 2.0 ** -26).all()
+        for out in (gx, gxa):
+            assert ((out - want_g).abs() <= 2 * ULP + g * 2.0 ** -26).all()
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Privacy: what a party receives looks uniform, whatever the secret
 

@@ -212,3 +212,122 @@ def test_module_methods_keep_shares(parties):
     for same, distinct, shared, rep in parties.run(_module_methods, x):
         assert same and distinct and shared
         assert rep.startswith("SharedTensor(shape=(3, 4)")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Eval-mode batch norm: the per-channel scale weight / sqrt(running_var + eps) is computed once and cached
+
+def _bn_net():
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 4))
+    with torch.no_grad():
+        m[1].running_mean.uniform_(-0.5, 0.5)
+        m[1].running_var.uniform_(0.5, 2.0)
+        m[1].weight.uniform_(0.5, 1.5)
+        m[1].bias.uniform_(-0.5, 0.5)
+    return m
+
+
+def _bn_cache(party, x, y):
+    import torch.nn.functional as F
+    from secure_lightning.nn import load_share_state_dict, secure_module, share_state_dict
+    from secure_lightning.tensor import reveal_tensor, share_tensor
+    m = _bn_net()
+    secure_module(m, party)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    xs = share_tensor(x if party.rank == 0 else None, 0, party)
+    bn, costs, outs = m[1], {}, {}
+
+    def eval_out():
+        with torch.no_grad():
+            return reveal_tensor(m(xs))
+
+    def bn_cost(name):  # the batch-norm layer alone, on the current conv output
+        with torch.no_grad():
+            h = m[0](xs)
+            with party.comm.cost() as c:
+                out = bn(h)
+        costs[name] = c.total
+        return reveal_tensor(out)
+
+    def step():
+        loss = F.cross_entropy(m(xs), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    m.eval()
+    with torch.no_grad():
+        h = m[0](xs)
+        with party.comm.cost() as c:  # uncached: the functional call recomputes the scale
+            F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.1, bn.eps)
+    costs["functional"] = c.total
+    outs["bn1"], outs["bn2"] = bn_cost("first"), bn_cost("second")
+    outs["eval"] = eval_out()
+    m.train()
+    step()  # a training step: running statistics and weight change
+    m.eval()
+    saved = share_state_dict(m)
+    outs["after_train"] = eval_out()
+    step()  # a step in eval mode (no train() call): the optimizer writes the weight in place
+    outs["bn_after_eval_step"] = bn_cost("after_eval_step")
+    outs["after_eval_step"] = eval_out()
+    load_share_state_dict(m, saved, party)
+    bn_cost("after_load")
+    outs["after_load"] = eval_out()
+    bn.eps = 1e-3
+    bn_cost("after_eps")
+    outs["after_eps"] = eval_out()
+    return outs, costs, m[1].__dict__.get("_secure_eval_scale") is not None
+
+
+def test_eval_batch_norm_scale_is_cached_and_refreshed(parties):
+    import torch.nn.functional as F
+    x = torch.randn(4, 2, 4, 4, generator=_gen(7))
+    y = torch.tensor([0, 3, 1, 2])
+    ref = _bn_net().double()
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    xd = x.double()
+
+    def step():
+        loss = F.cross_entropy(ref(xd), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    ref.eval()
+    with torch.no_grad():
+        want = {"bn": ref[1](ref[0](xd)), "eval": ref(xd)}
+    ref.train()
+    step()
+    ref.eval()
+    with torch.no_grad():
+        want["after_train"] = ref(xd)
+        saved = {k: v.clone() for k, v in ref.state_dict().items()}
+    step()
+    with torch.no_grad():
+        want["bn_after_eval_step"] = ref[1](ref[0](xd))
+        want["after_eval_step"] = ref(xd)
+        ref.load_state_dict(saved)
+        ref[1].eps = 1e-3
+        want["after_eps"] = ref(xd)
+    n = 4 * 3 * 4 * 4
+    for outs, costs, cached in parties.run(_bn_cache, x, y):
+        assert cached
+        for k in ("bn1", "bn2"):
+            assert (outs[k].double() - want["bn"]).abs().max() < ATOL
+        assert (outs["eval"].double() - want["eval"]).abs().max() < ATOL
+        # the first eval forward computes the scale (approx.rsqrt, 23 rounds, and the product with the weight, 3)
+        # and applies it (3): exactly what the uncached functional call costs; later forwards only apply it
+        first, second, func = costs["first"], costs["second"], costs["functional"]
+        assert (first.rounds, first.bytes) == (func.rounds, func.bytes)
+        assert first.rounds == 23 + 3 + 3
+        assert (second.rounds, second.bytes) == (3, 16 * n)
+        for k in ("after_eval_step", "after_load"):  # every state change recomputes the scale
+            assert (costs[k].rounds, costs[k].bytes) == (first.rounds, first.bytes), k
+        assert costs["after_eps"].rounds == first.rounds  # a larger eps: rsqrt's range starts higher (fewer bytes)
+        assert (outs["after_train"].double() - want["after_train"]).abs().max() < ATOL
+        assert (outs["bn_after_eval_step"].double() - want["bn_after_eval_step"]).abs().max() < ATOL
+        assert (outs["after_eval_step"].double() - want["after_eval_step"]).abs().max() < ATOL
+        assert (outs["after_load"].double() - want["after_train"]).abs().max() < ATOL
+        assert (outs["after_eps"].double() - want["after_eps"]).abs().max() < ATOL

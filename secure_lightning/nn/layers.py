@@ -10,6 +10,8 @@ from torch import nn
 
 from .. import tensor as T
 from ..tensor import SharedTensor
+from ..tensor.autograd import batch_norm_eval_scale, state_token
+from ..tensor.dispatch import party_of
 
 
 def _is_shared(*xs) -> bool:
@@ -34,7 +36,31 @@ class SecureMaxPool2d(nn.MaxPool2d):
 
 class _SecureBatchNorm:
     """Batch norm on shares: batch statistics with approx.rsqrt when training (running stats, shared buffers, are
-    updated in place), running statistics in eval."""
+    updated in place), running statistics in eval.
+
+    Eval cache: in eval mode the per-channel factors inv = 1/sqrt(running_var + eps) and scale = weight * inv
+    (tensor.autograd.batch_norm_eval_scale: approx.rsqrt + one product on C values) are computed once and kept;
+    later eval forwards cost one product on the activations, y = (x - running_mean) * scale + bias (3 rounds,
+    16 bytes per element). running_mean and bias are read live (they enter linearly, for free). The cache is
+    dropped by train(), and recomputed whenever its key changes: eps, and the state_token of running_var and
+    weight (their identity, their share tensors' identity and write generations, their version counters), so an
+    optimizer step, load_share_state_dict, copy_/add_ in place or a replaced parameter all refresh it. Every party
+    takes the same decision (the key is a function of the operations run), so the parties stay in step.
+    """
+
+    def train(self, mode: bool = True):
+        self.__dict__.pop("_secure_eval_scale", None)
+        return super().train(mode)
+
+    def _eval_scale(self, party):
+        key = (float(self.eps), state_token(self.running_var), state_token(self.weight))
+        cached = self.__dict__.get("_secure_eval_scale")
+        if cached is not None and cached[0] == key:
+            return cached[2]
+        scale = batch_norm_eval_scale(self.running_var, self.weight, self.eps, party=party)
+        # the key's ids stay valid while the cache holds the tensors they name
+        self.__dict__["_secure_eval_scale"] = (key, (self.running_var, self.weight), scale)
+        return scale
 
     def forward(self, input):
         if not _is_shared(input, self.weight, self.running_mean):
@@ -46,8 +72,12 @@ class _SecureBatchNorm:
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         use_batch = self.training or (self.running_mean is None and self.running_var is None)
         track = not self.training or self.track_running_stats
+        eval_scale = None
+        if (not use_batch and self.running_mean is not None and self.running_var is not None
+                and input.shape[1] == self.running_var.shape[0]):
+            eval_scale = self._eval_scale(party_of(input, self.weight, self.running_mean))
         return T.batch_norm(input, self.running_mean if track else None, self.running_var if track else None,
-                            self.weight, self.bias, use_batch, factor, self.eps)
+                            self.weight, self.bias, use_batch, factor, self.eps, eval_scale=eval_scale)
 
 
 class SecureBatchNorm1d(_SecureBatchNorm, nn.BatchNorm1d):

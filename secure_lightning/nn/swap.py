@@ -117,6 +117,7 @@ class SecureLayers:
             old_cls = self.revert_table.get(type(m))
             if old_cls is not None:
                 m.__class__ = old_cls
+                m.__dict__.pop("_secure_eval_scale", None)  # SecureBatchNorm's eval cache (shares)
         return model
 
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from .. import gemm, ring
 from . import binary as B
-from .arithmetic import mul, mul_public
+from .arithmetic import mul, mul_public_real
 from .convert import inject, msb
 from .sharing import Shares, add_public
 
@@ -387,9 +387,12 @@ def max_pool2d_backward(grad_out: Shares, saved: MaxPoolSaved, *, party) -> Shar
 # ---------------------------------------------------------------------------------------------------------------------
 # Average pooling
 
-def _inverse_public(div: torch.Tensor, *, party) -> torch.Tensor:
-    """round(2^f / div) as ring integers."""
-    return torch.round(party.encoding.scale / div.to(torch.float64)).to(ring.DTYPE).to(party.device)
+def _divide_public(x: Shares, div: torch.Tensor, *, party) -> Shares:
+    """x / div for public non-zero integer divisors (window sizes, divisor_override): arithmetic.mul_public_real,
+    1/div encoded with e = floor(log2 min |div|) extra fractional bits, so 1/div is off by at most 2^-(f+e+1), i.e.
+    < 2^-f relative (plain f-bit encoding: up to |div| 2^-(f+1) relative, 2.3e-5 for a 7x7 window at f = 20).
+    Cost: 3 rounds, 16 bytes per element. Range: |x / div| < 2^(62-2f-e). Error: <= 1 ulp + |x| 2^-(f+e+1)."""
+    return mul_public_real(x, 1.0 / div.to(torch.float64), party=party)
 
 
 def _avg_divisor(geo: PoolGeometry, kernel_size, stride, padding, ceil_mode, count_include_pad,
@@ -408,16 +411,18 @@ def _avg_divisor(geo: PoolGeometry, kernel_size, stride, padding, ceil_mode, cou
 
 def avg_pool2d(x: Shares, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None, *, party) -> Shares:
-    """F.avg_pool2d on shares (all torch arguments): local sum-pool, then times public round(2^f / divisor), truncated.
+    """F.avg_pool2d on shares (all torch arguments): local sum-pool, then times the public 1/divisor (encoded with
+    e = floor(log2 min divisor) extra fractional bits, _divide_public), truncated once.
 
     Cost: 3 rounds (one truncation); 16 bytes per output element per party.
-    Error: |out - mean| <= 1 ulp (truncation) + |window sum| * 2^-(f+1) (rounding of 1/divisor), ulp = 2^-f.
+    Error: |out - mean| <= 1 ulp (truncation) + |window sum| * 2^-(f+e+1) (< |mean| 2^-f; rounding of 1/divisor),
+    ulp = 2^-f. Range: |mean| < 2^(62-2f-e) (2^17 for a 7x7 window at f = 20).
     """
     geo = pool_geometry(tuple(x.shape), kernel_size, stride, padding, 1, ceil_mode, op="avg_pool2d")
     div = _avg_divisor(geo, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
     with party.label("avg_pool2d"):
         s = _windows(x, geo, 0, party=party).map(lambda t: t.sum(-1))
-        return _unbatch(mul_public(s, _inverse_public(div, party=party), party=party, fixed=True), geo)
+        return _unbatch(_divide_public(s, div, party=party), geo)
 
 
 def avg_pool2d_backward(grad_out: Shares, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -425,12 +430,12 @@ def avg_pool2d_backward(grad_out: Shares, input_shape, kernel_size, stride=None,
     """Gradient of avg_pool2d: grad / divisor (public multiply + one truncation), spread over each window (col2im).
 
     Cost: 3 rounds; 16 bytes per output element per party.
-    Error: per input position, at most (number of windows covering it) x (1 ulp + |grad| * 2^-(f+1)).
+    Error: per input position, at most (number of windows covering it) x (1 ulp + |grad| * 2^-(f+e+1)).
     """
     geo = pool_geometry(tuple(input_shape), kernel_size, stride, padding, 1, ceil_mode, op="avg_pool2d_backward")
     div = _avg_divisor(geo, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
     with party.label("avg_pool2d_backward"):
-        g = mul_public(_batched(grad_out), _inverse_public(div, party=party), party=party, fixed=True)
+        g = _divide_public(_batched(grad_out), div, party=party)
         return _fold(g.map(lambda t: t.unsqueeze(-1).expand(*t.shape, geo.K)), geo)
 
 
@@ -458,7 +463,8 @@ def _adaptive_setup(in_shape, output_size, op):
 
 def adaptive_avg_pool2d(x: Shares, output_size, *, party) -> Shares:
     """F.adaptive_avg_pool2d on shares: window sums A_h x A_w^T (local, exact int64 products with public 0/1
-    matrices; non-uniform windows as torch), times public round(2^f / window size), truncated.
+    matrices; non-uniform windows as torch), times the public 1/window size with extra fractional bits
+    (_divide_public), truncated.
 
     Cost: 3 rounds; 16 bytes per output element per party. Error: as avg_pool2d.
     """
@@ -467,15 +473,15 @@ def adaptive_avg_pool2d(x: Shares, output_size, *, party) -> Shares:
     ah, aw = ah.to(dev), aw.to(dev)
     with party.label("adaptive_avg_pool2d"):
         s = x.map(lambda t: gemm.matmul(gemm.matmul(ah, t), aw.t().contiguous()))
-        return mul_public(s, _inverse_public(div, party=party), party=party, fixed=True)
+        return _divide_public(s, div, party=party)
 
 
 def adaptive_avg_pool2d_backward(grad_out: Shares, input_shape, *, party) -> Shares:
     """Gradient of adaptive_avg_pool2d: A_h^T (grad / window size) A_w. Cost: 3 rounds; 16 bytes per output element
-    per party. Error: per input position, (number of windows covering it) x (1 ulp + |grad| 2^-(f+1))."""
+    per party. Error: per input position, (number of windows covering it) x (1 ulp + |grad| 2^-(f+e+1))."""
     ah, aw, div = _adaptive_setup(tuple(input_shape), tuple(grad_out.shape[-2:]), "adaptive_avg_pool2d_backward")
     dev = grad_out.cur.device
     ah, aw = ah.to(dev), aw.to(dev)
     with party.label("adaptive_avg_pool2d_backward"):
-        g = mul_public(grad_out, _inverse_public(div, party=party), party=party, fixed=True)
+        g = _divide_public(grad_out, div, party=party)
         return g.map(lambda t: gemm.matmul(gemm.matmul(ah.t().contiguous(), t), aw))
