@@ -62,6 +62,7 @@ SGD_CASES = [
     {"lr": 0.05, "momentum": 0.8, "dampening": 0.1, "weight_decay": 0.001},
     {"lr": 0.05, "momentum": 0.9, "nesterov": True, "foreach": True},
     {"lr": 0.1, "maximize": True},
+    {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01, "foreach": False},  # the per-parameter loop
 ]
 
 
@@ -90,6 +91,7 @@ ADAM_CASES = [
     ("Adam", {"lr": 0.01, "betas": (0.8, 0.99), "weight_decay": 0.01}),
     ("AdamW", {"lr": 0.01, "weight_decay": 0.1}),
     ("Adam", {"lr": 0.01, "foreach": True}),
+    ("AdamW", {"lr": 0.01, "weight_decay": 0.1, "foreach": False}),  # the per-parameter loop
 ]
 
 
@@ -105,3 +107,49 @@ def test_adam_steps_match_torch(parties, name, kw):
     assert (state["exp_avg"].double() - state_ref["exp_avg"]).abs().max() < 1e-5
     assert (state["exp_avg_sq"].double() - state_ref["exp_avg_sq"]).abs().max() < 1e-5
     assert (p.double() - p_ref).abs().max() < 2e-4
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# foreach by default: one truncation for the whole model's lr * grad
+
+SHAPES = [(4, 3), (3,), (2, 2, 2), (5,)]
+
+
+def _model_steps(party, kw, ws, grads):
+    from secure_lightning.tensor import reveal_tensor, share_tensor
+    ps = [nn.Parameter(share_tensor(w if party.rank == 0 else None, 0, party)) for w in ws]
+    opt = torch.optim.SGD(ps, **kw)
+    costs = []
+    for gs in grads:
+        for p, g in zip(ps, gs):
+            p.grad = share_tensor(g if party.rank == 1 else None, 1, party)
+        with party.comm.cost() as c:
+            opt.step()
+        costs.append(c.total)
+    return [reveal_tensor(p.detach()) for p in ps], costs, opt.param_groups[0]["foreach"]
+
+
+@pytest.mark.parametrize("kw", [{"lr": 0.1}, {"lr": 0.1, "foreach": False}, {"lr": 0.05, "momentum": 0.9}],
+                         ids=["default", "loop", "momentum"])
+def test_sgd_default_step_truncates_all_parameters_at_once(parties, kw):
+    g = _gen(5)
+    ws = [torch.randn(s, generator=g) for s in SHAPES]
+    grads = [[torch.randn(s, generator=g) for s in SHAPES] for _ in range(2)]
+    res = parties.run(_model_steps, kw, ws, grads)
+    ref = [nn.Parameter(w.double().clone()) for w in ws]
+    opt = torch.optim.SGD(ref, **kw)
+    for gs in grads:
+        for p, gr in zip(ref, gs):
+            p.grad = gr.double()
+        opt.step()
+    n = sum(w.numel() for w in ws)
+    for ps, costs, foreach in res:
+        assert foreach == kw.get("foreach")  # the param group is left as the user made it
+        for p, r in zip(ps, ref):
+            assert (p.double() - r.detach()).abs().max() < 1e-5
+        if kw.get("foreach") is False:  # torch's per-parameter loop: one truncation per parameter
+            assert [(c.rounds, c.bytes) for c in costs] == [(3 * len(ws), 16 * n)] * 2
+        elif kw.get("momentum"):  # step 1: buf = grad, p -= lr buf; then also buf *= momentum (one truncation)
+            assert [(c.rounds, c.bytes) for c in costs] == [(3, 16 * n), (6, 32 * n)]
+        else:  # foreach by default: p -= lr grad for all parameters in one truncation
+            assert [(c.rounds, c.bytes) for c in costs] == [(3, 16 * n)] * 2

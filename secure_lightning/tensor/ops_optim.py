@@ -1,12 +1,27 @@
-"""torch.optim on shares: `_foreach_*` ops (used when an optimizer runs with foreach=True).
+"""torch.optim on shares: `_foreach_*` ops, and foreach as the default for shared parameters.
 
-torch.optim only picks the foreach path by itself for plain tensors, so by default SGD and Adam loop over
-parameters with the single-tensor ops (add_, mul_, lerp_, addcmul_, addcdiv_, sqrt in ops_pointwise.py /
-ops_nonlinear.py). With foreach=True the list ops below run; `_foreach_add_(params, grads, alpha=-lr)` and
-`_foreach_mul_(tensors, scalar)` put all products with a public real into ONE truncation (3 rounds for the whole
-list instead of 3 per parameter); the other list ops apply the single-tensor handler to each element.
+torch.optim has two paths: a per-parameter loop of single-tensor ops (add_, mul_, lerp_, addcmul_, addcdiv_, sqrt
+in ops_pointwise.py / ops_nonlinear.py) and the foreach path of list ops (below). In the loop every product with a
+public real (lr * grad, momentum * buf) is its own truncation: 3 rounds per parameter. The list ops
+`_foreach_add_(params, grads, alpha=-lr)` and `_foreach_mul_(tensors, scalar)` put the products of ALL parameters
+into ONE truncation (3 rounds for the whole list); the other list ops apply the single-tensor handler to each
+element.
+
+Default: torch picks foreach by itself only for plain tensors on accelerators. For param groups left at
+foreach=None (torch's "let the library choose") whose parameters are all SharedTensors, a global optimizer step
+pre-hook (torch.optim.optimizer.register_optimizer_step_pre_hook, registered when this module is imported) runs
+SGD, Adam and AdamW (not amsgrad, fused, capturable or differentiable) with foreach=True for that step and sets
+foreach back to None after it (the param groups and optimizer state dicts stay as the user made them). So a plain
+`torch.optim.SGD(model.parameters(), lr=lr)` step costs one truncation (3 rounds, 16 bytes per parameter element)
+for the whole model; with momentum two from the second step on (6 rounds, buf *= momentum first).
+foreach=False keeps the per-parameter loop (3 rounds per parameter and product).
 """
 from __future__ import annotations
+
+import weakref
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from ..protocols import local as L
 from .dispatch import aten, assign_inplace, implements, is_integral, public_value, wrap
@@ -142,3 +157,37 @@ def foreach_clone(self):
     from .ops_pointwise import clone
     return [clone(t) for t in self]
 
+
+# ---------------------------------------------------------------------------------------------------------------------
+# foreach by default for shared parameters
+
+def _foreach_ready(opt, group) -> bool:
+    """True for a param group torch would run per parameter, whose list ops all have handlers above."""
+    if group.get("foreach") is not None or group.get("fused") or group.get("differentiable"):
+        return False
+    if not isinstance(opt, (torch.optim.SGD, torch.optim.Adam)):
+        return False
+    if isinstance(opt, torch.optim.Adam) and (group.get("amsgrad") or group.get("capturable")):
+        return False  # amsgrad needs _foreach_maximum_; capturable keeps device step tensors
+    params = group["params"]
+    return bool(params) and all(isinstance(p, SharedTensor) for p in params)
+
+
+_FOREACH_SET: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> groups set for this step
+
+
+def _foreach_pre_hook(opt, args, kwargs):
+    groups = [g for g in opt.param_groups if _foreach_ready(opt, g)]
+    for g in groups:
+        g["foreach"] = True
+    if groups:
+        _FOREACH_SET[opt] = groups
+
+
+def _foreach_post_hook(opt, args, kwargs):
+    for g in _FOREACH_SET.pop(opt, ()):
+        g["foreach"] = None
+
+
+_FOREACH_HOOKS = (register_optimizer_step_pre_hook(_foreach_pre_hook),
+                  register_optimizer_step_post_hook(_foreach_post_hook))
