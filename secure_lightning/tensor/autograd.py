@@ -386,8 +386,22 @@ def _scale_grad(diff: Shares, g, reduction: str, count: int, *, party) -> Shares
     return A.mul(diff, gs, party=party)
 
 
+LOGP_FLOOR = 32.0  # softmax in backward: exp(max(logp, -32)); e^-32 ~ 1.3e-14 stands for anything smaller
+
+
+def softmax_from_log_softmax(logp: Shares, *, party) -> Shares:
+    """softmax = exp(log_softmax), reusing the forward's log-probabilities instead of a second max tree.
+
+    Cost: relu (8 rounds) + exp with 4 squarings on [-32, 0] (21 rounds). Error: exp's 2e-6 plus e^logp times the
+    error of logp (2.5e-6); probabilities below e^-32 come out as ~e^-32.
+    """
+    floor = L.add_public(compare.relu(L.add_public(logp, LOGP_FLOOR, party=party), party=party)[0],
+                         -LOGP_FLOOR, party=party)
+    return approx.exp(floor, party=party, squarings=4, upper=0.0)
+
+
 class CrossEntropyFn(torch.autograd.Function):
-    """loss = -sum_c T log_softmax(x); gradient (softmax(x) - T) * g / N (softmax recomputed in backward)."""
+    """loss = -sum_c T log_softmax(x); gradient (softmax(x) - T) * g / N, softmax = exp(the forward's log_softmax)."""
 
     @staticmethod
     def forward(ctx, x, T, is_bits, count, reduction):
@@ -395,7 +409,7 @@ class CrossEntropyFn(torch.autograd.Function):
         with party.label("cross_entropy"):
             logp = approx.log_softmax(x.shares, 1, party=party)
             loss = _reduce(-_weighted_sum(T, is_bits, logp, party=party), reduction, count, party=party)
-        ctx.x, ctx.T, ctx.is_bits, ctx.count, ctx.reduction, ctx.party = x.shares, T, is_bits, count, reduction, party
+        ctx.logp, ctx.T, ctx.is_bits, ctx.count, ctx.reduction, ctx.party = logp, T, is_bits, count, reduction, party
         return wrap(loss, party)
 
     @staticmethod
@@ -403,7 +417,7 @@ class CrossEntropyFn(torch.autograd.Function):
     def backward(ctx, g):
         party = ctx.party
         with party.label("cross_entropy_backward"):
-            sm = approx.softmax(ctx.x, 1, party=party)
+            sm = softmax_from_log_softmax(ctx.logp, party=party)
             T = bits_to_fixed(ctx.T, party=party) if ctx.is_bits else ctx.T
             gx = _scale_grad(sm - T, g, ctx.reduction, ctx.count, party=party)
         return wrap(gx, party), None, None, None, None
