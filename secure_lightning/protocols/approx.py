@@ -45,7 +45,8 @@ import torch
 
 from .. import ring
 from . import compare
-from .arithmetic import mul, truncate_additive
+from .arithmetic import mul, product_additive, square_additive, truncate_additive
+from .local import mul_int
 from .sharing import Shares, add_public, public_shares
 
 _MARGIN = 1.0625    # headroom factor on every public bound (rounding noise, slack)
@@ -79,21 +80,6 @@ def _int(value: float, scale: int, what: str = "constant") -> int:
 
 def _ring(v: int, *, party) -> torch.Tensor:
     return torch.tensor(v, dtype=ring.DTYPE, device=party.device)
-
-
-def _prod(a: Shares, b: Shares) -> torch.Tensor:
-    """Additive (3-out-of-3) shares of the ring product a*b (broadcasting): a_i (b_i + b_{i-1}) + a_{i-1} b_i."""
-    return a.cur * (b.cur + b.prev) + a.prev * b.cur
-
-
-def _square(a: Shares) -> torch.Tensor:
-    """Additive shares of a^2: a_i^2 + 2 a_i a_{i-1}."""
-    return a.cur * (a.cur + 2 * a.prev)
-
-
-def _scaled(x: Shares, k: int) -> Shares:
-    """x * k for a public integer k (exact, local)."""
-    return Shares(x.cur * k, x.prev * k)
 
 
 def _additive_const(v: int, *, party) -> torch.Tensor:
@@ -191,12 +177,12 @@ def _poly(u: Shares, u_scale: int, u_bound: float, coeffs: Sequence[float], *, p
                 f2 = min(need(s2), _max_scale(B[4]) // 2, _max_scale(B[3]) - u_scale, 2 * u_scale - 1)
             else:
                 f2 = min(need(abs(c[2]) + gmax), 2 * u_scale - 1)
-            (u2,) = _layer([_Item(_square(u), 2 * u_scale, f2, B[2])], party=party)
+            (u2,) = _layer([_Item(square_additive(u), 2 * u_scale, f2, B[2])], party=party)
             powers[2] = (u2, f2)
             if low == 4:
                 f3, f4 = need(s3), need(s4)
-                u3, u4 = _layer([_Item(_prod(u, u2), u_scale + f2, f3, B[3]),
-                                 _Item(_square(u2), 2 * f2, f4, B[4])], party=party)
+                u3, u4 = _layer([_Item(product_additive(u, u2), u_scale + f2, f3, B[3]),
+                                 _Item(square_additive(u2), 2 * f2, f4, B[4])], party=party)
                 powers[3], powers[4] = (u3, f3), (u4, f4)
         lo, hi = out_range
         mid, half = (lo + hi) / 2, (hi - lo) / 2
@@ -206,11 +192,11 @@ def _poly(u: Shares, u_scale: int, u_bound: float, coeffs: Sequence[float], *, p
             a, b = min(((a, k - a) for a in range(k - low, low + 1) if a >= k - a),
                        key=lambda ab: powers[ab[0]][1] + powers[ab[1]][1])
             (pa, fa), (pb, fb) = powers[a], powers[b]
-            term = _scaled(pb, _int(c[k], dt - fa - fb, f"coefficient c{k}"))
+            term = mul_int(pb, _int(c[k], dt - fa - fb, f"coefficient c{k}"))
             groups[a] = term if a not in groups else groups[a] + term
         z = _additive_const(_int(c[0] - mid, dt, "coefficient c0"), party=party)
         for a, g in groups.items():
-            z = z + _prod(powers[a][0], g)
+            z = z + product_additive(powers[a][0], g)
         for k in range(1, low + 1):
             pk, fk = powers[k]
             z = z + pk.cur * _int(c[k], dt - fk, f"coefficient c{k}")
@@ -274,7 +260,7 @@ def _piecewise(iv: _Intervals, values: Sequence[float], scale: int, shape, *, pa
     if not odd:
         acc = zero if iv.lt is None else -_weighted(iv.lt, k, party=party)
         return add_public(acc, _ring(v[0] + sum(k), party=party), party=party)
-    acc = _scaled(iv.sign, -2 * v[0])
+    acc = mul_int(iv.sign, -2 * v[0])
     const = v[0]
     if iv.lt is not None:
         acc = acc - _weighted(iv.lt, k, party=party) - _weighted(iv.neg, k, party=party)
@@ -314,7 +300,7 @@ def _exp(x: Shares, x_scale: int, squarings: int, upper: float, out_scale: int, 
               sens_bound=_EXP_SENS_BOUND)
     for k in range(n):
         with party.label("square"):
-            (y,) = _layer([_Item(_square(y), 2 * scales[k], scales[k + 1], bounds[k + 1])], party=party)
+            (y,) = _layer([_Item(square_additive(y), 2 * scales[k], scales[k + 1], bounds[k + 1])], party=party)
     return y
 
 
@@ -375,7 +361,7 @@ def _goldschmidt(num: Shares | None, num_scale: int, den: Shares, den_scale: int
     if num is None:
         sp = qs
         p0 = _piecewise(iv, w, sp, den.shape, party=party, odd=signed)
-        (t,) = _layer([e_item(_prod(den, p0), den_scale + sp)], party=party)
+        (t,) = _layer([e_item(product_additive(den, p0), den_scale + sp)], party=party)
         q, q_scale = p0, qs
     else:
         delta = max(den_scale - es, num_scale - qs)
@@ -384,18 +370,18 @@ def _goldschmidt(num: Shares | None, num_scale: int, den: Shares, den_scale: int
         if sp < b + 8:
             raise ValueError(f"{what}: hi={hi} is too large for the quotient bound {qmax:.4g}")
         p0 = _piecewise(iv, w, sp, den.shape, party=party, odd=signed)
-        t, q = _layer([e_item(_prod(den, p0), den_scale + sp),
-                       _Item(_prod(num, p0), num_scale + sp, qs, q_bound)], party=party)
+        t, q = _layer([e_item(product_additive(den, p0), den_scale + sp),
+                       _Item(product_additive(num, p0), num_scale + sp, qs, q_bound)], party=party)
         q_scale = qs
     e = _add_const(-t, 1.0, es, party=party)
     one_es = _ring(_int(1.0, es), party=party)
     for k in range(iterations):
         last = k == iterations - 1
-        q_item = _Item(_prod(q, add_public(e, one_es, party=party)), q_scale + es, f if last else qs, q_bound)
+        q_item = _Item(product_additive(q, add_public(e, one_es, party=party)), q_scale + es, f if last else qs, q_bound)
         if last:
             (q,) = _layer([q_item], party=party)
         else:
-            q, e = _layer([q_item, _Item(_square(e), 2 * es, es, e_max ** 2)], party=party)
+            q, e = _layer([q_item, _Item(square_additive(e), 2 * es, es, e_max ** 2)], party=party)
     return q
 
 
@@ -463,7 +449,7 @@ def _normalize(x: Shares, x_scale: int, a: int, b: int, m_scale: int, *, party, 
         return x, x_scale + a, iv, js, jc
     sp = max(b - 1, 0)
     p = _piecewise(iv, [2.0 ** -(j if j is not None else a) for j in js], sp, x.shape, party=party)
-    items = [_Item(_prod(x, p), x_scale + sp, m_scale, 2.0)]
+    items = [_Item(product_additive(x, p), x_scale + sp, m_scale, 2.0)]
     if j_coef is not None:
         jmax = max(abs(j) for j in js if j is not None) * abs(j_coef) + 1.0
         d = max(x_scale + sp - m_scale, min(_max_scale(2.0) - m_scale, _max_scale(jmax) - f))
@@ -477,7 +463,7 @@ def _normalize(x: Shares, x_scale: int, a: int, b: int, m_scale: int, *, party, 
 def _mantissa_poly(m: Shares, m_scale: int, name: str, *, party, out_scale: int, out_range: tuple,
                    abs_bits: int) -> Shares:
     """name(m) for m in [1, 2) by the degree-8 Chebyshev interpolant in u = 2m - 3 (3 layers)."""
-    u = _add_const(_scaled(m, 2), -3.0, m_scale, party=party)
+    u = _add_const(mul_int(m, 2), -3.0, m_scale, party=party)
     return _poly(u, m_scale, 1.0, _chebyshev_monomial(name, 8), party=party, out_scale=out_scale,
                  out_range=out_range, abs_bits=abs_bits)
 
@@ -527,7 +513,7 @@ def _root(x: Shares, lo: float, hi: float, power: float, *, party) -> Shares:
     r_range = (2.0 ** -0.5, 1.0) if power < 0 else (1.0, 2.0 ** 0.5)
     r = _mantissa_poly(m, m_scale, name, party=party, out_scale=fr, out_range=r_range, abs_bits=f + 3)
     rj = _piecewise(iv, r_values, sr, x.shape, party=party)
-    (out,) = _layer([_Item(_prod(rj, r), sr + fr, f, r_max * r_poly_max)], party=party)
+    (out,) = _layer([_Item(product_additive(rj, r), sr + fr, f, r_max * r_poly_max)], party=party)
     return out
 
 
@@ -580,7 +566,7 @@ def _half_logistic(x: Shares, *, party) -> tuple[Shares, Shares]:
     s = bits.map(lambda t: t[1])
     z_scale = f + 4
     z = _exp(-a, f, LOGISTIC_SQUARINGS, 0.0, z_scale, party=party)
-    u = _add_const(_scaled(z, 2), -1.0, z_scale, party=party)
+    u = _add_const(mul_int(z, 2), -1.0, z_scale, party=party)
     h = _poly(u, z_scale, 1.0, _chebyshev_monomial("recip1p", 8), party=party, out_scale=f, out_range=(0.5, 1.0),
               abs_bits=f + 3)
     return h, s
@@ -600,7 +586,7 @@ def sigmoid(x: Shares, *, party) -> Shares:
     with party.label("sigmoid"):
         h, s = _half_logistic(x, party=party)
         one = _ring(_int(1.0, party.encoding.frac_bits), party=party)
-        return h + mul(s, add_public(_scaled(h, -2), one, party=party), party=party, fixed=False)
+        return h + mul(s, add_public(mul_int(h, -2), one, party=party), party=party, fixed=False)
 
 
 def tanh(x: Shares, *, party) -> Shares:
@@ -611,9 +597,9 @@ def tanh(x: Shares, *, party) -> Shares:
     Cost: 36 rounds; 184 bytes per element per party plus relu(4n) bytes.
     """
     with party.label("tanh"):
-        h, s = _half_logistic(_scaled(x, 2), party=party)
-        w = add_public(_scaled(h, 2), _ring(-_int(1.0, party.encoding.frac_bits), party=party), party=party)
-        return w - _scaled(mul(s, w, party=party, fixed=False), 2)
+        h, s = _half_logistic(mul_int(x, 2), party=party)
+        w = add_public(mul_int(h, 2), _ring(-_int(1.0, party.encoding.frac_bits), party=party), party=party)
+        return w - mul_int(mul(s, w, party=party, fixed=False), 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

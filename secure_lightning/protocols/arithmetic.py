@@ -73,9 +73,15 @@ def truncate(x: Shares, d: int | None = None, *, party) -> Shares:
 # ---------------------------------------------------------------------------------------------------------------------
 # Products
 
-def _bilinear(x: Shares, y: Shares, op) -> torch.Tensor:
-    """Local additive shares of op(x, y) for a bilinear op: op(x_i, y_i + y_{i-1}) + op(x_{i-1}, y_i)."""
+def product_additive(x: Shares, y: Shares, op=torch.mul) -> torch.Tensor:
+    """Local additive (3-out-of-3) shares of op(x, y) for a bilinear op: op(x_i, y_i + y_{i-1}) + op(x_{i-1}, y_i).
+    Cost: 0 (local); reshare or truncate_additive makes them replicated again."""
     return op(x.cur, y.cur + y.prev) + op(x.prev, y.cur)
+
+
+def square_additive(x: Shares) -> torch.Tensor:
+    """Local additive shares of x^2: x_i^2 + 2 x_i x_{i-1}. Cost: 0 (local)."""
+    return x.cur * (x.cur + 2 * x.prev)
 
 
 def _finish(z: torch.Tensor, fixed: bool, label: str, *, party) -> Shares:
@@ -89,12 +95,12 @@ def mul(x: Shares, y: Shares, *, party, fixed: bool = True) -> Shares:
     Cost: fixed: 3 rounds, 2 ring elements per output element per party (truncate_additive).
           ring (fixed=False): 1 round, 1 element per output element per party.
     """
-    return _finish(_bilinear(x, y, torch.mul), fixed, "mul", party=party)
+    return _finish(product_additive(x, y, torch.mul), fixed, "mul", party=party)
 
 
 def square(x: Shares, *, party, fixed: bool = True) -> Shares:
     """x^2: z_i = x_i^2 + 2 x_i x_{i-1}. Cost: as mul."""
-    return _finish(x.cur * (x.cur + 2 * x.prev), fixed, "square", party=party)
+    return _finish(square_additive(x), fixed, "square", party=party)
 
 
 def matmul(x: Shares, y: Shares, *, party, fixed: bool = True, force_limbs: bool = False) -> Shares:
@@ -102,7 +108,7 @@ def matmul(x: Shares, y: Shares, *, party, fixed: bool = True, force_limbs: bool
 
     Cost: as mul, per element of the (m x n) output: fixed: 3 rounds, 2 m n ring elements per party.
     """
-    return _finish(_bilinear(x, y, lambda a, b: gemm.matmul(a, b, force_limbs)), fixed, "matmul", party=party)
+    return _finish(product_additive(x, y, lambda a, b: gemm.matmul(a, b, force_limbs)), fixed, "matmul", party=party)
 
 
 def conv2d(x: Shares, w: Shares, stride=1, padding=0, dilation=1, groups: int = 1, *, party,
@@ -113,16 +119,7 @@ def conv2d(x: Shares, w: Shares, stride=1, padding=0, dilation=1, groups: int = 
     """
     def op(a, b):
         return gemm.conv2d(a, b, stride, padding, dilation, groups, force_limbs)
-    return _finish(_bilinear(x, w, op), fixed, "conv2d", party=party)
-
-
-def mul_public(x: Shares, c: torch.Tensor, *, party, fixed: bool = True) -> Shares:
-    """x * c for a public tensor c: ring integers (fixed=False, local, free) or fixed-point encoded (fixed=True,
-    then truncated: 3 rounds, 2 elements per element per party)."""
-    if not fixed:
-        return Shares(x.cur * c, x.prev * c)
-    with party.label("mul_public"):
-        return truncate_additive(x.cur * c, party.encoding.frac_bits, party=party)
+    return _finish(product_additive(x, w, op), fixed, "conv2d", party=party)
 
 
 def mul_public_real(x: Shares, c, *, party) -> Shares:
@@ -144,7 +141,7 @@ def mul_public_real(x: Shares, c, *, party) -> Shares:
 
 
 def matmul_public(x: Shares, c: torch.Tensor, *, party, left: bool = False, fixed: bool = True) -> Shares:
-    """x @ c (or c @ x with left=True) for a public fixed-point ring tensor c. Cost: as mul_public per output."""
+    """x @ c (or c @ x with left=True) for a public fixed-point ring tensor c. Cost: as mul_public_real per output."""
     op = (lambda s: gemm.matmul(c, s)) if left else (lambda s: gemm.matmul(s, c))
     if not fixed:
         return x.map(op)

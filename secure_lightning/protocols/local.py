@@ -77,13 +77,13 @@ def rsub_public(value, x: Shares, *, party) -> Shares:
 
 def mul_int(x: Shares, k) -> Shares:
     """x * k for a public integer k (a Python int or an int64 tensor, broadcast); exact, no truncation, so the
-    result keeps x's fixed-point scale. For real-valued public factors use arithmetic.mul_public (it truncates).
+    result keeps x's fixed-point scale. For real-valued public factors use arithmetic.mul_public_real (it truncates).
     Cost: 0."""
     if isinstance(k, bool) or not isinstance(k, (int, torch.Tensor)) or \
             (isinstance(k, torch.Tensor) and k.dtype != ring.DTYPE):
         got = k.dtype if isinstance(k, torch.Tensor) else type(k).__name__
         raise TypeError(f"mul_int takes a public integer (int or torch.int64 tensor), got {got}; "
-                        "for a real factor use arithmetic.mul_public (one truncation)")
+                        "for a real factor use arithmetic.mul_public_real (one truncation)")
     return Shares(x.cur * k, x.prev * k)
 
 

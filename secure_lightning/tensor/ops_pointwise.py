@@ -17,6 +17,7 @@ import torch
 from ..protocols import approx
 from ..protocols import arithmetic as A
 from ..protocols.arithmetic import mul_public_real
+from ..protocols.local import mul_int
 from ..protocols.sharing import Shares, add_public
 from .dispatch import (
     UnsupportedOpError, advise, aten, assign_inplace, encode, implements, is_integral, make_public, party_of,
@@ -104,7 +105,7 @@ def mul_public(x: SharedTensor, c: torch.Tensor, dtype=None) -> SharedTensor:
     dtype = dtype or x.dtype
     if is_integral(c):
         ci = c.to(torch.int64)
-        return wrap(Shares(x.shares.cur * ci, x.shares.prev * ci), party, dtype)
+        return wrap(mul_int(x.shares, ci), party, dtype)
     return wrap(mul_public_real(x.shares, c, party=party), party, torch.float32)
 
 
