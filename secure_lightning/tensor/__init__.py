@@ -9,6 +9,7 @@
 Importing this package registers every handler (ops_*.py, autograd.py) in the dispatch tables.
 """
 from . import ops_factories, ops_linear, ops_nonlinear, ops_optim, ops_pointwise, ops_reduction, ops_shape  # noqa: F401
+from . import optim_adaptive  # noqa: F401  (routes torch.optim Adam/AdamW/RMSprop on shares)
 from .autograd import (  # noqa: F401
     batch_norm, cross_entropy, dropout, log_softmax, max_pool2d, nll_loss, relu, reveal_tensor, share_tensor, softmax,
 )

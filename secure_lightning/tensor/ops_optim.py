@@ -10,7 +10,7 @@ element.
 Default: torch picks foreach by itself only for plain tensors on accelerators. For param groups left at
 foreach=None (torch's "let the library choose") whose parameters are all SharedTensors, a global optimizer step
 pre-hook (torch.optim.optimizer.register_optimizer_step_pre_hook, registered when this module is imported) runs
-SGD, Adam and AdamW (not amsgrad, fused, capturable or differentiable) with foreach=True for that step and sets
+SGD (not fused or differentiable) with foreach=True for that step and sets
 foreach back to None after it (the param groups and optimizer state dicts stay as the user made them). So a plain
 `torch.optim.SGD(model.parameters(), lr=lr)` step costs one truncation (3 rounds, 16 bytes per parameter element)
 for the whole model; with momentum two from the second step on (6 rounds, buf *= momentum first).
@@ -165,10 +165,8 @@ def _foreach_ready(opt, group) -> bool:
     """True for a param group torch would run per parameter, whose list ops all have handlers above."""
     if group.get("foreach") is not None or group.get("fused") or group.get("differentiable"):
         return False
-    if not isinstance(opt, (torch.optim.SGD, torch.optim.Adam)):
-        return False
-    if isinstance(opt, torch.optim.Adam) and (group.get("amsgrad") or group.get("capturable")):
-        return False  # amsgrad needs _foreach_maximum_; capturable keeps device step tensors
+    if not isinstance(opt, torch.optim.SGD):
+        return False  # Adam, AdamW and RMSprop on shares run tensor.optim_adaptive's chunked kernel instead
     params = group["params"]
     return bool(params) and all(isinstance(p, SharedTensor) for p in params)
 
