@@ -27,7 +27,7 @@ from ..protocols.sharing import Shares
 from .dispatch import UnsupportedOpError, assign_inplace
 from .shared import SharedTensor, note_write
 
-CHUNK = 1 << 17
+CHUNK = 1 << 16
 
 _ADAM = _torch_adam.adam
 _RMSPROP = _torch_rmsprop.rmsprop
