@@ -231,24 +231,16 @@ def check(*, party, label: str = "guard") -> None:
     g = getattr(party, "guard", None)
     if g is None or not g.pending:
         return
-    from . import compare
-    from .sharing import add_public, reveal_labelled
+    from .sharing import reveal_labelled
     todo, g.pending = g.pending, []
     names = list(dict.fromkeys(w.what for w in todo))
-    dev = todo[0].cur.device
-    y = Shares(torch.cat([w.cur for w in todo]), torch.cat([w.prev for w in todo]))
-    lim = torch.cat([torch.full((w.cur.numel(),), w.limit_raw, dtype=ring.DTYPE, device=dev) for w in todo])
-    group = torch.cat([torch.full((w.cur.numel(),), names.index(w.what), dtype=torch.long, device=dev)
-                       for w in todo])
-    n = y.cur.numel()
     g.checks += 1
-    g.sampled += n
+    g.sampled += sum(w.cur.numel() for w in todo)
     with party.label(label):
-        both = add_public(Shares(torch.cat([y.cur, -y.cur]), torch.cat([y.prev, -y.prev])), -torch.cat([lim, lim]),
-                          party=party)
-        inside = compare.ltz(both, party=party)  # [y - L < 0], [-y - L < 0]
-        outside = add_public(-inside, torch.ones((), dtype=ring.DTYPE, device=dev), party=party)  # 1 - bit
-        flags = Shares(outside.cur[:n] + outside.cur[n:], outside.prev[:n] + outside.prev[n:])
+        flags = flag_bits(todo, party=party)
+        dev = flags.cur.device
+        group = torch.cat([torch.full((w.cur.numel(),), names.index(w.what), dtype=torch.long, device=dev)
+                           for w in todo])
 
         def per_what(t):
             return torch.zeros(len(names), dtype=ring.DTYPE, device=dev).index_add_(0, group, t)
@@ -256,6 +248,22 @@ def check(*, party, label: str = "guard") -> None:
     bad = [(w, int(c)) for w, c in zip(names, counts.tolist()) if c != 0]
     if bad:
         raise FixedPointOverflowError(_message(bad, todo, party))
+
+
+def flag_bits(todo: list, *, party) -> Shares:
+    """Arithmetic shares of one flag per sample of the watches `todo` (in order): 1 when |y| >= limit (2 when y is
+    within a limit of -2^63), else 0. Nothing is opened. Cost: compare.ltz on 2n elements (8 rounds)."""
+    from . import compare
+    from .sharing import add_public
+    dev = todo[0].cur.device
+    y = Shares(torch.cat([w.cur for w in todo]), torch.cat([w.prev for w in todo]))
+    lim = torch.cat([torch.full((w.cur.numel(),), w.limit_raw, dtype=ring.DTYPE, device=dev) for w in todo])
+    n = y.cur.numel()
+    both = add_public(Shares(torch.cat([y.cur, -y.cur]), torch.cat([y.prev, -y.prev])), -torch.cat([lim, lim]),
+                      party=party)
+    inside = compare.ltz(both, party=party)  # [y - L < 0], [-y - L < 0]
+    outside = add_public(-inside, torch.ones((), dtype=ring.DTYPE, device=dev), party=party)  # 1 - bit
+    return Shares(outside.cur[:n] + outside.cur[n:], outside.prev[:n] + outside.prev[n:])
 
 
 def _message(bad, todo, party) -> str:
