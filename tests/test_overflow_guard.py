@@ -274,3 +274,80 @@ def test_classifier_scaled_inputs_never_silently_wrong(parties, scale):
         assert kind == "FixedPointRangeError"             # 16e6 > 2^22: refused when shared
         for r in res:
             assert "batch/0" in r[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Lightning: a fit on inputs scaled by 1e4 stops, naming the layer
+
+import pytorch_lightning as pl  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+
+class ScaledDigitsMLP(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = nn.Linear(64, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc2(F.relu(self.fc1(x)))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=LR)
+
+
+def test_lightning_fit_on_scaled_inputs_stops_naming_the_layer(tmp_path):
+    from secure_lightning import FixedPointOverflowError as Exported
+    from secure_lightning import RSS3PC
+    assert Exported is FixedPointOverflowError and issubclass(Exported, FixedPointRangeError)
+    x, y = _digits(256)
+    loader = DataLoader(TensorDataset((x * 1e4).float(), y), batch_size=64)
+    trainer = pl.Trainer(strategy=RSS3PC(timeout=120), max_epochs=1, accelerator="cpu", logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                         num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    with pytest.raises(FixedPointOverflowError, match=r"layer '(fc1|fc2) \(Linear\)'"):
+        trainer.fit(ScaledDigitsMLP(), loader)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Layer names in forward, backward and outside layers
+
+def _watched_names(party):
+    from secure_lightning.nn import secure_module
+    from secure_lightning.protocols import guard
+    from secure_lightning.tensor import share_tensor
+    guard.enable(party)
+    try:
+        m = DigitsNet()
+        secure_module(m, party, owner=0)
+        x, y = _digits(8)
+        xs = share_tensor(x / 16 if party.rank == 0 else None, 0, party)
+        opt = torch.optim.SGD(m.parameters(), lr=LR)
+        loss = F.cross_entropy(m(xs), y)
+        fwd = [w.what for w in party.guard.pending]
+        party.guard.pending.clear()
+        loss.backward()
+        bwd = [w.what for w in party.guard.pending]
+        party.guard.pending.clear()
+        opt.step()
+        step = [w.what for w in party.guard.pending]
+        return fwd, bwd, step, guard.current_layer()
+    finally:
+        guard.disable(party)
+
+
+def test_watches_name_the_layer_forward_and_backward(parties):
+    fwd, bwd, step, after = parties.run(_watched_names)[0]
+    assert fwd[:2] == ["layer 'encoder.0 (Linear)' (matmul)", "layer 'head (Linear)' (matmul)"], fwd
+    assert any(w.startswith("op 'cross_entropy") for w in fwd), fwd
+    assert "layer 'head (Linear), backward' (matmul)" in bwd, bwd
+    assert "layer 'encoder.0 (Linear), backward' (matmul)" in bwd, bwd
+    assert step and all(w.startswith("op '") for w in step), step  # the optimizer runs outside any layer
+    assert after is None
