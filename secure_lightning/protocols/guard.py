@@ -266,6 +266,15 @@ def flag_bits(todo: list, *, party) -> Shares:
     return Shares(outside.cur[:n] + outside.cur[n:], outside.prev[:n] + outside.prev[n:])
 
 
+def _num(v: float) -> str:
+    """2.1e6 rather than 2.1e+06; small values as they are."""
+    t = f"{v:.2g}"
+    if "e" in t:
+        m, e = t.split("e")
+        t = f"{m}e{int(e)}"
+    return t
+
+
 def _message(bad, todo, party) -> str:
     f = party.encoding.frac_bits
     parts = []
@@ -273,8 +282,8 @@ def _message(bad, todo, party) -> str:
         ws = [w for w in todo if w.what == what]
         lim = min(w.limit for w in ws)
         sampled = sum(w.cur.numel() for w in ws)
-        parts.append(f"{what}: |value| >= {lim:.2g} seen in {min(count, sampled)} of {sampled} sampled outputs")
+        parts.append(f"{what}: |value| >= {_num(lim)} seen in {min(count, sampled)} of {sampled} sampled outputs")
     head = "; ".join(parts[:4]) + (f"; and {len(parts) - 4} more" if len(parts) > 4 else "")
     return (f"FixedPointOverflowError in {head}; fixed point with frac_bits={f} supports |x| < "
-            f"{2.0 ** (62 - 2 * f - PRODUCT_MARGIN_BITS):.2g} after each product (exact below 2^{62 - 2 * f} = "
-            f"{2.0 ** (62 - 2 * f):.3g}); normalise the inputs, lower the learning rate, or use fewer frac_bits")
+            f"{_num(2.0 ** (62 - 2 * f - PRODUCT_MARGIN_BITS))} after each product (exact below 2^{62 - 2 * f} = "
+            f"{_num(2.0 ** (62 - 2 * f))}); normalise the inputs, lower the learning rate, or use fewer frac_bits")
