@@ -59,6 +59,16 @@ def _mul_flags(party, x, y):
     from secure_lightning.protocols import arithmetic as A
     from secure_lightning.protocols import guard
     from secure_lightning.protocols.sharing import reveal, reveal_float, share
+    try:
+        return _mul_flags_chunks(party, x, y)
+    finally:
+        guard.disable(party)
+
+
+def _mul_flags_chunks(party, x, y):
+    from secure_lightning.protocols import arithmetic as A
+    from secure_lightning.protocols import guard
+    from secure_lightning.protocols.sharing import reveal, reveal_float, share
     mine = party.rank == 0
     out = []
     for xc, yc in zip(x, y):
@@ -104,10 +114,13 @@ def _mul_checked(party, x, y):
     from secure_lightning.protocols import guard
     from secure_lightning.protocols.sharing import reveal_float, share
     guard.enable(party)
-    try:
+
+    def run():
         a = share(x if party.rank == 0 else None, 0, party=party)
         b = share(y if party.rank == 0 else None, 0, party=party)
-        return _catch(lambda: reveal_float(A.mul(a, b, party=party), party=party))  # reveal runs the check first
+        return reveal_float(A.mul(a, b, party=party), party=party)  # reveal runs the check first
+    try:
+        return _catch(run)
     finally:
         guard.disable(party)
 
@@ -124,6 +137,27 @@ def test_issue_example_2100_squared_raises(parties):
     for kind, msg in parties.run(_mul_checked, x, x):
         assert kind == "FixedPointOverflowError", msg
         assert "op 'mul'" in msg and "frac_bits=20" in msg and "|value| >= 2.1e6 seen in 64 of 64 sampled outputs" in msg
+
+
+def _mul_checked_frac_bits(party, x, f):
+    from secure_lightning.encoding import FixedPoint
+    old = party.encoding
+    party.encoding = FixedPoint(f)
+    try:
+        return _mul_checked(party, x, x)
+    finally:
+        party.encoding = old
+
+
+def test_bound_follows_frac_bits(parties):
+    """f = 24: products exact below 2^14 = 16384, flagged from 2^13 = 8192; data accepted below 2^14."""
+    inside = torch.full((100,), 90.0, dtype=torch.float64)   # 8100
+    kind, z = parties.run(_mul_checked_frac_bits, inside, 24)[0]
+    assert kind == "ok" and ((z - 8100.0).abs() <= 2 * 2.0 ** -24).all()
+    for kind, msg in parties.run(_mul_checked_frac_bits, torch.full((100,), 100.0, dtype=torch.float64), 24):
+        assert kind == "FixedPointOverflowError" and "frac_bits=24" in msg and ">= 8.2e3" in msg, msg
+    for kind, msg in parties.run(_mul_checked_frac_bits, torch.full((3,), 2.0 ** 14, dtype=torch.float64), 24):
+        assert kind == "FixedPointRangeError", msg                                 # refused when shared
 
 
 def _guard_off_is_free(party):
