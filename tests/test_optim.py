@@ -177,3 +177,27 @@ def test_sgd_default_step_truncates_all_parameters_at_once(parties, kw):
             assert [(c.rounds, c.bytes) for c in costs] == [(3, 16 * n), (6, 32 * n)]
         else:  # foreach by default: p -= lr grad for all parameters in one truncation
             assert [(c.rounds, c.bytes) for c in costs] == [(3, 16 * n)] * 2
+
+
+def _adam_huge_gradient(party):
+    from secure_lightning.encoding import FixedPointOverflowError
+    from secure_lightning.protocols import guard
+    from secure_lightning.tensor import share_tensor
+    guard.enable(party)
+    try:
+        p = nn.Parameter(share_tensor(torch.zeros(100) if party.rank == 0 else None, 0, party))
+        opt = torch.optim.Adam([p])
+        p.grad = share_tensor(torch.full((100,), 3000.0) if party.rank == 0 else None, 0, party)
+        opt.step()
+        guard.check(party=party)
+    except FixedPointOverflowError as e:
+        return str(e)
+    finally:
+        guard.disable(party)
+    return "no error"
+
+
+def test_adam_gradient_beyond_its_range_raises_on_all_parties(parties):
+    """|g| >= 512 (f = 20) does not fit Adam's second moment: the guard names the optimizer, never a wrong step."""
+    for msg in parties.run(_adam_huge_gradient):
+        assert msg.startswith("FixedPointOverflowError in Adam gradient") and "5.1e2" in msg, msg

@@ -26,7 +26,9 @@ Update:
      where v_hat is a few ulp (there the clamped value is plain Adam's, +-R).
   5. p -= lr u (and lr wd p for AdamW, in the same truncation); Adam's coupled weight decay adds wd p to g first.
 Range: |g| < GMAX = 2^floor(min((61.9 - 2f) / 2, (55.9 - FV) / 2)) (512 for f = 20, 8192 for f = 16, 64 for
-f = 24): g^2 and b2 g^2 must fit the truncation's exact range. The caller watches g with the overflow guard.
+f = 24): g^2 and b2 g^2 must fit the truncation's exact range. g is watched by the overflow guard (protocols.guard,
+sampled: FixedPointOverflowError names the optimizer); an element that escapes the sample still moves by at most
+lr R (the clamp), though its v_hat is then wrong.
 Error per step (f = 20, defaults): u relative 2^-8 (b rounding, through v_hat: 2^-9) + 5e-5 (rsqrt) + 2^-16 (eps
 series), plus 1 ulp (2^-20) of p per step from the final truncation: the update lr u is within 0.3% of torch's.
 Cost per element and step (Adam): layers of 2, 1, (rsqrt_wide: 32 rounds, ~330 bytes), 2, 1, relu of 2 (8 rounds),
@@ -40,7 +42,7 @@ import math
 
 import torch
 
-from . import compare
+from . import compare, guard
 from .approx import _goldschmidt, _Item, _add_const, _int, _layer, _max_scale
 from .arithmetic import mul_public_real, product_additive, square_additive
 from .sharing import Shares
@@ -174,6 +176,7 @@ def adam_step(p: Shares, g: Shares, m: Shares, v: Shares, *, t: int, lr: float, 
     f = party.encoding.frac_bits
     fm, _ = state_scales(f)
     with party.label("adam"):
+        guard.watch(g, grad_bound(f), "Adam gradient (|g| must stay below the second moment's range)", party=party)
         if maximize:
             g = -g
         if weight_decay and not decoupled:
@@ -197,6 +200,8 @@ def rmsprop_step(p: Shares, g: Shares, v: Shares, buf: Shares | None, *, t: int,
     buf (momentum > 0) at 2^f."""
     f = party.encoding.frac_bits
     with party.label("rmsprop"):
+        guard.watch(g, grad_bound(f), "RMSprop gradient (|g| must stay below the second moment's range)",
+                    party=party)
         if maximize:
             g = -g
         if weight_decay:

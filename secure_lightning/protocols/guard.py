@@ -282,7 +282,8 @@ def _message(bad, todo, party) -> str:
         ws = [w for w in todo if w.what == what]
         lim = min(w.limit for w in ws)
         sampled = sum(w.cur.numel() for w in ws)
-        parts.append(f"{what}: |value| >= {_num(lim)} seen in {min(count, sampled)} of {sampled} sampled outputs")
+        parts.append(f"{what}: |value| >= {_num(lim)} (the supported bound there) seen in {min(count, sampled)} of "
+                     f"{sampled} sampled values")
     head = "; ".join(parts[:4]) + (f"; and {len(parts) - 4} more" if len(parts) > 4 else "")
     return (f"FixedPointOverflowError in {head}; fixed point with frac_bits={f} supports |x| < "
             f"{_num(2.0 ** (62 - 2 * f - PRODUCT_MARGIN_BITS))} after each product (exact below 2^{62 - 2 * f} = "
