@@ -1,14 +1,15 @@
 """Communication and rounds of one private LeNet inference (batch 1) and one private LeNet training step (batch 128).
 
     python -m benchmarks.lenet_cost [--pool avg|max|both] [--labels onehot|index] [--guard] [--reveal-loss]
-                                [--out results/lenet_cost.json]
+                                [--optimizer sgd|adam] [--out results/lenet_cost.json]
 
 LeNet on MNIST shape (1x28x28): conv 5x5 (20) - ReLU - pool 2 - conv 5x5 (50) - ReLU - pool 2 - FC 500 - ReLU - FC 10.
 `--pool avg` is CryptGPU's variant (average pooling, models.nets.LeNet); `--pool max` puts back max pooling, as in
 Falcon's LeNet. Party 0 owns the weights (secure_module) and the data; sharing the model and the inputs is set-up and
 is not counted. Inference: one forward pass under no_grad. Training: forward, cross-entropy against labels shared by
 party 0 (one-hot floats as in CryptGPU, or int64 class indices with --labels index), backward and one SGD step
-(lr 0.01).
+(lr 0.01), or with `--optimizer adam` one Adam step with torch's defaults (tensor/optim_adaptive.py); the
+optimizer step's own cost is reported on its own line.
 
 `--guard` also measures both steps with the overflow guard on (protocols/guard.py: every fixed-point product's output
 sampled, 64 positions, and one `check` at the end of the step, as RSS3PC(overflow_guard=True) does after the optimizer
@@ -56,7 +57,8 @@ def _groups(meter) -> dict:
     return out
 
 
-def party_job(party, pool: str, labels: str, train_batch: int, guard_on: bool = False, reveal_loss: bool = False):
+def party_job(party, pool: str, labels: str, train_batch: int, guard_on: bool = False, reveal_loss: bool = False,
+              optimizer: str = "sgd"):
     """Runs in each party: one inference (batch 1) and one training step; returns this party's costs."""
     from secure_lightning.nn import secure_module
     from secure_lightning.protocols import guard
@@ -71,7 +73,7 @@ def party_job(party, pool: str, labels: str, train_batch: int, guard_on: bool = 
     y = torch.randint(0, 10, (train_batch,), generator=g)
     y = F.one_hot(y, 10).float() if labels == "onehot" else y
     ys = share_tensor(y if mine else None, 0, party, label="labels")
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01) if optimizer == "sgd" else torch.optim.Adam(net.parameters())
     out = {}
 
     if guard_on:
@@ -92,12 +94,13 @@ def party_job(party, pool: str, labels: str, train_batch: int, guard_on: bool = 
             reveal_tensor(loss.detach(), label="loss")
         opt.zero_grad()
         loss.backward()
-        opt.step()
+        with party.comm.cost() as c_opt:
+            opt.step()
         samples = guard.pending(party)
         guard.check(party=party)
     out["guard_samples"] = samples
     out["training"] = {"bytes": c.bytes, "rounds": c.rounds, "messages": c.messages, "seconds": time.time() - t,
-                       "by_layer": _groups(c)}
+                       "by_layer": _groups(c), "optimizer_bytes": c_opt.bytes, "optimizer_rounds": c_opt.rounds}
     return out
 
 
@@ -106,11 +109,13 @@ def human(n: float) -> str:
 
 
 def measure(pool: str, labels: str, train_batch: int, timeout: float, guard_on: bool = False,
-            reveal_loss: bool = False) -> dict:
+            reveal_loss: bool = False, optimizer: str = "sgd") -> dict:
     from secure_lightning.runtime import PartyPool
     with PartyPool(timeout=timeout) as parties:
-        per_party = parties.run(party_job, pool, labels, train_batch, guard_on, reveal_loss, timeout=timeout * 4)
-    result = {"guard": guard_on, "reveal_loss": reveal_loss, "guard_samples_training": per_party[0]["guard_samples"]}
+        per_party = parties.run(party_job, pool, labels, train_batch, guard_on, reveal_loss, optimizer,
+                                timeout=timeout * 4)
+    result = {"guard": guard_on, "reveal_loss": reveal_loss, "optimizer": optimizer,
+              "guard_samples_training": per_party[0]["guard_samples"]}
     for phase in ("inference", "training"):
         rows = [p[phase] for p in per_party]
         total = sum(r["bytes"] for r in rows)
@@ -124,6 +129,9 @@ def measure(pool: str, labels: str, train_batch: int, timeout: float, guard_on: 
             "seconds_per_party": [round(r["seconds"], 3) for r in rows],
             "by_layer_party0": rows[0]["by_layer"],
         }
+    tr = [p["training"] for p in per_party]
+    result["training"]["optimizer_step"] = {"rounds": max(r["optimizer_rounds"] for r in tr),
+                                            "bytes_per_party": [r["optimizer_bytes"] for r in tr]}
     return result
 
 
@@ -134,6 +142,9 @@ def report(name: str, res: dict) -> str:
         per = ", ".join(f"P{i} {b:,} B ({human(b)})" for i, b in enumerate(r["bytes_per_party"]))
         lines.append(f"  {phase:9s} batch {r['batch']:3d}: total {r['bytes_total']:,} B ({human(r['bytes_total'])}), "
                      f"{r['rounds']} rounds; per party: {per}")
+    o = res["training"]["optimizer_step"]
+    lines.append(f"  optimizer step ({res['optimizer']}): {o['rounds']} rounds, "
+                 f"{human(sum(o['bytes_per_party']))} total, {human(o['bytes_per_party'][0])} from P0")
     return "\n".join(lines)
 
 
@@ -157,17 +168,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--guard", action="store_true", help="also measure with the overflow guard on and report its "
                                                              "overhead")
     ap.add_argument("--reveal-loss", action="store_true", help="open the loss after the forward pass (as self.log)")
+    ap.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                    help="the training step's optimizer: SGD(lr=0.01) or Adam() with torch's defaults")
     ap.add_argument("--out", default=os.path.join("results", "lenet_cost.json"))
     args = ap.parse_args(argv)
     pools = ["avg", "max"] if args.pool == "both" else [args.pool]
     results = {"labels": args.labels, "papers": PAPERS, "networks": {}}
     for pool in pools:
         name = {"avg": "avgpool, CryptGPU's variant", "max": "maxpool, Falcon's"}[pool]
-        res = measure(pool, args.labels, args.train_batch, args.timeout, reveal_loss=args.reveal_loss)
+        res = measure(pool, args.labels, args.train_batch, args.timeout, reveal_loss=args.reveal_loss,
+                      optimizer=args.optimizer)
         results["networks"][f"lenet_{pool}pool"] = res
         print(report(name, res), flush=True)
         if args.guard:
-            g = measure(pool, args.labels, args.train_batch, args.timeout, guard_on=True, reveal_loss=args.reveal_loss)
+            g = measure(pool, args.labels, args.train_batch, args.timeout, guard_on=True, reveal_loss=args.reveal_loss,
+                        optimizer=args.optimizer)
             results["networks"][f"lenet_{pool}pool_guard"] = g
             print(report(name + ", overflow guard on", g), flush=True)
             print(guard_overhead(res, g), flush=True)
