@@ -5,7 +5,9 @@ A fixed-point product is exact while |x y| < 2^(62-2f) (4.2e6 at f = 20); the gu
   - products inside 2^(61-2f) are correct (within 2 ulp) and never flagged; 10^6 products log-uniform in
     [1e3, 1e8] real: every incorrect one whose product did not wrap around the ring (|x y| < 2^(63-2f)) is
     flagged, the wrapped ones at least 70% of the time (3/4 expected), and every call with incorrect outputs raises
-    FixedPointOverflowError at `check` with the default 64 samples;
+    FixedPointOverflowError at `check` with the default 64 samples (measured: 219,143 of the 10^6 products are
+    incorrect, all beyond 2^(62-2f); the 13,598 that did not wrap are all flagged, 75.3% of the 205,545 wrapped ones;
+    all 20 calls raise);
   - the issue's example (2100^2) raises; a classifier on digits scaled by 1e2 / 1e4 / 1e6 either matches the
     float64 loss (relative 3e-3: truncation errors of ~1 ulp amplified by inputs up to 1600) or stops with an error
     naming the layer (1e4: the guard, in a layer) or the shared input (1e6: the sharing-time check);
@@ -89,7 +91,7 @@ def _mul_flags_chunks(party, x, y):
 
 
 def test_products_both_sides_of_the_bound_are_flagged(parties):
-    chunks, n = 10, 100_000                              # 10^6 products in chunks (memory)
+    chunks, n = 20, 50_000                               # 10^6 products in chunks (memory: +0.2 GB per party)
     xs, ys = zip(*[_products(n, seed) for seed in range(chunks)])
     res = parties.run(_mul_flags, list(xs), list(ys))[0]
     wrapped_flagged, wrapped_wrong = 0, 0
