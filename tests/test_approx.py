@@ -2,7 +2,8 @@
 
 Inputs are rounded to the fixed-point grid first (ulp = 2^-20 = 9.5e-7), so each tolerance measures the protocol
 alone; every tolerance is the bound stated in the function's docstring:
-  exp           |err| <= 2e-6 on [-64, 0], 2e-6 + 1.5e-5 e^x on (0, 12]; upper=0: 2e-6 on [-2^(squarings+1), 0]
+  exp           |err| <= 2e-6 on [-64, 0] (upper <= 12; default upper 15.127: 3e-6), 2e-6 + 1.5e-5 e^x on (0, 12];
+                upper=0: 2e-6 on [-2^(squarings+1), 0]
   reciprocal    2e-6 + 7e-7 |1/x|        div           2e-6 + 1e-6 |x/y|
   log           2.5e-6                   rsqrt, sqrt   2e-6 + 1e-7 |out|
   sigmoid       2e-6                     tanh          4e-6
@@ -93,7 +94,7 @@ def test_exp_accuracy_cost_no_openings(parties):
         assert cost32 == (21, 128 * x32.numel())        # 3 polynomial + 4 squarings (softmax, log_softmax)
     out, out16, out32, out12 = (r[0] for r in res[0][0])
     neg = x <= 0
-    _check(out[neg], torch.exp(x[neg]), 2e-6, 0.0, "exp on [-64, 0]")
+    _check(out[neg], torch.exp(x[neg]), 3e-6, 0.0, "exp on [-64, 0]")     # default upper 15.127: 3e-6
     _check(out[~neg], torch.exp(x[~neg]), 2e-6, 1.5e-5, "exp on (0, 12]")
     _check(out12[neg], torch.exp(x[neg]), 2e-6, 0.0, "exp(upper=12, clamp=False) on [-64, 0]")
     _check(out12[~neg], torch.exp(x[~neg]), 2e-6, 1.5e-5, "exp(upper=12, clamp=False) on (0, 12]")

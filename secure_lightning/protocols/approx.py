@@ -58,6 +58,8 @@ LOGISTIC_CLAMP, LOGISTIC_SQUARINGS = 16.0, 3
 SOFTMAX_CLAMP, SOFTMAX_SQUARINGS = 32.0, 4
 _EXP_SENS_BOUND = 1.0    # |t| weighting exp's power scales: beyond |t| = 1, p^(N-1) <= e^-(N-1) damps any error
 _EXP_EXTRA_BITS = 1      # p(t) carries f + squarings + 1 fractional bits of accuracy (N = 2^squarings amplifies)
+_EXP_MAX_BITS = 21       # ... f capped at 21 there: more would leave the coefficients of t^5..t^8 (products of two
+                         # powers at ~31 bits each inside a 62-bit truncation) with no bits at all (f = 24, x > 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -305,7 +307,7 @@ def _exp(x: Shares, x_scale: int, squarings: int, upper: float, out_scale: int, 
     scales = [min(MAX_SCALE, _max_scale(bounds[k + 1]) // 2) for k in range(n)] + [out_scale]
     taylor = [1.0 / math.factorial(k) for k in range(9)]
     y = _poly(x, t_scale, t_bound, taylor, party=party, out_scale=scales[0],
-              out_range=(0.125, p_bound), abs_bits=x_scale + n + _EXP_EXTRA_BITS,
+              out_range=(0.125, p_bound), abs_bits=min(x_scale, _EXP_MAX_BITS) + n + _EXP_EXTRA_BITS,
               sens_bound=_EXP_SENS_BOUND)
     for k in range(n):
         with party.label("square"):
@@ -343,9 +345,12 @@ def exp(x: Shares, *, party, squarings: int = 5, upper: float | None = None, cla
     Range: clamp=True: every x with |x| < 2^(62-f) - 2N; correct for x <= upper, checked above. upper defaults to
     exp_top(f) = (62 - 2f) ln 2 - 2 ln 1.0625 rounded down to 3 decimals (f = 20: 15.127, e^upper = 3.71e6 <
     2^22; f = 16: 20.673; f = 24: 9.582), capped at N; upper <= exp_top(f). clamp=False: x in [-2N, upper] (upper default as above).
-    Error (f = 20, squarings = 5): |err| <= 2e-6 for x <= 0 (all x <= 0 with clamp=True); |err| <= 2e-6 +
-    1.5e-5 e^x for x in (0, upper] (the coefficients of t^5..t^8 carry few bits, which matters only for x > 0).
-    Other f: |err| <= 2 ulp + 1.5e-5 e^x (ulp = 2^-f). With upper=0 and squarings=3 (sigmoid, tanh: range [-16, 0])
+    Error (f = 20, squarings = 5, default upper 15.127): |err| <= 3e-6 for x <= 0 (all x <= 0 with clamp=True: the
+    last squaring keeps 20 fractional bits so that e^15.127 fits; with upper <= 12: 22 bits, 2e-6); |err| <= 2e-6 +
+    1.5e-5 e^x for x in (0, 12] and 2e-6 + 3e-5 e^x for x in (12, upper] (the coefficients of t^5..t^8 carry few
+    bits, which matters only for x > 0; the last squarings keep fewer fractional bits near the top).
+    Other f: |err| <= 4 ulp for x <= 0 (ulp = 2^-f; the squarings keep at most 30 bits), + 3e-5 e^x for x > 0
+    (f = 16; f = 24: 5e-5, t being read at 29 bits leaves its coefficients fewer). With upper=0 and squarings=3 (sigmoid, tanh: range [-16, 0])
     or 4 (softmax: range [-32, 0]): |err| <= 2e-6.
     Cost: clamp=True: relu(2n) + (3 + squarings) layers: 8 + 3 (3 + squarings) rounds, 16 (4 + squarings) bytes
     per element per party plus relu(2n) bytes (defaults: 32 rounds, 144 bytes + relu(2n) ~ 104 = ~248 bytes;
@@ -616,10 +621,12 @@ def _normalize(x: Shares, x_scale: int, a: int, b: int, m_scale: int, *, party, 
 
 def _mantissa_poly(m: Shares, m_scale: int, name: str, *, party, out_scale: int, out_range: tuple,
                    abs_bits: int) -> Shares:
-    """name(m) for m in [1, 2) by the degree-8 Chebyshev interpolant in u = 2m - 3 (3 layers)."""
+    """name(m) for m in [1, 2) by the degree-8 Chebyshev interpolant in u = 2m - 3 (3 layers). The powers' accuracy
+    is capped at 2^-24: with f = 24 they would be held at ~30 bits, leaving the coefficients of u^5..u^8 (formed
+    inside one 62-bit truncation) ~3 bits (50 ulp errors); the interpolants' own errors are 5e-9..6e-8 anyway."""
     u = _add_const(mul_int(m, 2), -3.0, m_scale, party=party)
     return _poly(u, m_scale, 1.0, _chebyshev_monomial(name, 8), party=party, out_scale=out_scale,
-                 out_range=out_range, abs_bits=abs_bits)
+                 out_range=out_range, abs_bits=min(abs_bits, 24))
 
 
 def _log(x: Shares, x_scale: int, lo: float, hi: float, *, party) -> Shares:
@@ -677,7 +684,7 @@ def _root(x: Shares, lo: float, hi: float, power: float, *, party) -> Shares:
     budget = _max_scale(r_max * r_poly_max)
     sr = f + 2
     fr = min(MAX_SCALE, budget - sr)
-    if fr < f:
+    if fr < f - 2:   # r <= sqrt 2 carries fr bits: relative 2^-fr of the output (f = 24, [2^-24, 2^14]: fr = 23)
         raise ValueError(f"{name}: the range [{lo}, {hi}] is too wide for frac_bits={f}")
     r_range = (2.0 ** -0.5, 1.0) if power < 0 else (1.0, 2.0 ** 0.5)
     r = _mantissa_poly(m, m_scale, name, party=party, out_scale=fr, out_range=r_range, abs_bits=f + 3)
@@ -695,7 +702,7 @@ def rsqrt(x: Shares, *, party, lo: float | None = None, hi: float | None = None)
     Range: lo <= x <= hi, powers of two; defaults lo = 2^-f (every positive fixed-point value), hi = 2^(62-2f)
     (f = 20: [2^-20, 2^22]; before: [2^-16, 2^16]; batch norm passes its own range). x outside [lo, hi] (x <= 0
     included) goes to the overflow guard (guard.watch on 2x - (lo + hi)).
-    Error (defaults, f = 20): |err| <= 2e-6 + 1e-7 |out|; other f: 2 ulp + 1e-7 |out|.
+    Error (defaults, f = 20): |err| <= 2e-6 + 1e-7 |out|; other f: 2 ulp + 1e-7 |out| (f = 24: 2 ulp + 2e-7 |out|).
     Cost: ltz(K n), K = log2(hi/lo) - 1 (defaults, f = 20: 41; before: 31), + 5 layers of n, n, 2n, n, n: 8 + 15 =
     23 rounds; 96 bytes per element per party plus the ltz bytes. Nothing opened.
     """
