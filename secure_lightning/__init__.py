@@ -4,8 +4,10 @@
 
     Trainer(strategy="rss3pc")  or  Trainer(strategy=secure_lightning.RSS3PC(reveal={...}))
 """
+from .encoding import FixedPointOverflowError, FixedPointRangeError
 from .launcher import NoData, PartyFailedError
 from .reveal import RevealPolicy, RevealPolicyError
 from .strategy import RSS3PC
 
-__all__ = ["RSS3PC", "RevealPolicy", "RevealPolicyError", "NoData", "PartyFailedError"]
+__all__ = ["RSS3PC", "RevealPolicy", "RevealPolicyError", "NoData", "PartyFailedError", "FixedPointOverflowError",
+           "FixedPointRangeError"]

@@ -10,6 +10,7 @@ where truncation and sign extraction are exact; `encode` refuses anything with |
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,12 @@ DEFAULT_FRAC_BITS = 20
 
 class FixedPointRangeError(ValueError):
     """A value is NaN, infinite, or too large for the fixed-point ring."""
+
+
+class FixedPointOverflowError(FixedPointRangeError):
+    """A fixed-point product left the range where truncation is exact (found by the run-time overflow guard,
+    protocols/guard.py). Raised on all three parties together; the message names the op or layer, the observed scale
+    and the supported one."""
 
 
 @dataclass(frozen=True)
@@ -45,8 +52,11 @@ class FixedPoint:
         """|x| at or above this cannot be encoded at all: 2^(62 - f)."""
         return float(2 ** (62 - self.frac_bits))
 
-    def encode(self, x, what: str = "input") -> torch.Tensor:
-        """Float tensor (or number) -> int64 ring elements. Raises FixedPointRangeError on NaN/inf/out of range."""
+    def encode(self, x, what: str = "input", limit: float | None = None) -> torch.Tensor:
+        """Float tensor (or number) -> int64 ring elements. Raises FixedPointRangeError on NaN/inf/out of range.
+
+        `limit`: the largest |x| accepted (exclusive); default `hard_limit` (2^(62-f), the encoding's own range). Data
+        inputs are shared with limit = `max_abs` (2^(62-2f)), the range a first layer's product can take."""
         x = torch.as_tensor(x)
         if x.dtype == ring.DTYPE:
             raise TypeError(f"{what} is already int64; encode takes real numbers (float tensors)")
@@ -60,6 +70,12 @@ class FixedPoint:
                 bad = int((~torch.isfinite(xd)).sum())
                 raise FixedPointRangeError(f"{what} has {bad} NaN/inf value(s); MPC needs finite inputs")
             m = float(xd.abs().max())
+            if limit is not None and limit < self.hard_limit and m >= limit:
+                raise FixedPointRangeError(
+                    f"{what} has max |x| = {m:.4g}, outside the range |x| < {limit:.4g} (= 2^{math.log2(limit):g}) "
+                    f"that fixed point with frac_bits={self.frac_bits} supports for data (a first layer's product "
+                    f"must stay below 2^62 before truncation); normalise the data (e.g. to [-1, 1], or zero mean "
+                    f"and unit variance) or use fewer frac_bits")
             if m >= self.hard_limit:
                 raise FixedPointRangeError(
                     f"{what} has |x| = {m:.4g}, outside the fixed-point range |x| < {self.hard_limit:.4g} "

@@ -57,6 +57,7 @@ class Party:
         self.device = torch.device(device)
         self.insecure_prg = insecure_prg
         self.audit = OpeningAudit()
+        self.guard = None  # the overflow guard (protocols/guard.py): None = off, else its settings + pending samples
 
     @property
     def next(self) -> int:

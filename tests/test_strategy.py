@@ -282,7 +282,11 @@ def test_linear_sgd_steplr_accumulate_clip_matches_plain_and_only_owner_reads_da
     weight_ops = [o for o in ops if o.what == "weights"]
     assert weight_ops and all(o.to == "party 0" for o in weight_ops)
     assert sum(int(torch.tensor(o.shape).prod()) for o in weight_ops) == 4 * 2 + 2
-    assert len(ops) == len(loss_ops) + len(weight_ops)
+    # and the overflow guard's checks (one count of out-of-range samples per checked op, all 0 here)
+    guard_ops = [o for o in ops if o.kind == "guard"]
+    assert guard_ops and all(o.what == "guard" and o.name.startswith("guard/") and o.shape == () and o.to == "all"
+                             for o in guard_ops)
+    assert len(ops) == len(loss_ops) + len(weight_ops) + len(guard_ops)
     report = strategy.opening_report()
     assert "train_loss" in report and "OUTSIDE" not in report
     audits = strategy.party_audits

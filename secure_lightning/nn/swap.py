@@ -17,6 +17,7 @@ import hashlib
 import torch
 from torch import nn
 
+from ..protocols import guard
 from ..protocols import sharing as S
 from ..protocols.sharing import Shares
 from ..tensor import SharedTensor, share_tensor
@@ -104,15 +105,18 @@ class SecureLayers:
                 raise UnsupportedLayerError(f"layer {where} has no secure implementation: {advice}")
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Check every layer, then swap in place; returns the same module."""
+        """Check every layer, then swap in place; returns the same module. Also installs the overflow guard's
+        layer-context hooks (protocols/guard.layer_hooks: forward pre/post hooks naming the running layer)."""
         self.check(model)
         for m in model.modules():
             new_cls = self.swap.get(type(m))
             if new_cls is not None:
                 m.__class__ = new_cls
+        guard.layer_hooks(model)
         return model
 
     def revert(self, model: nn.Module) -> nn.Module:
+        guard.remove_layer_hooks(model)
         for m in model.modules():
             old_cls = self.revert_table.get(type(m))
             if old_cls is not None:
@@ -184,7 +188,7 @@ def secure_module(module: nn.Module, party, owner: int = 0) -> nn.Module:
     if party.rank == owner:
         flat = torch.cat([t.detach().reshape(-1).to(torch.float64).cpu() for _, _, _, _, t, _ in unique])
     total = sum(t.numel() for _, _, _, _, t, _ in unique)
-    shared = share_tensor(flat, owner, party, label="parameters")
+    shared = share_tensor(flat, owner, party, label="parameters", data=False)
     if shared.numel() != total:
         raise ValueError(f"secure_module: party {owner} shared {shared.numel()} values, this party's module has "
                          f"{total}")

@@ -4,6 +4,10 @@ Every bilinear product uses the same local step (CryptGPU / ABY3):
     z_i = x_i * y_i + x_i * y_{i-1} + x_{i-1} * y_i = x_i * (y_i + y_{i-1}) + x_{i-1} * y_i,
 an additive 3-out-of-3 sharing of x * y, which `reshare` (ring products) or `truncate_additive` (fixed-point products)
 turns back into replicated shares after re-randomising it with a fresh zero-sharing.
+
+Overflow guard: every fixed-point product's output (mul, square, matmul, conv2d with fixed=True, mul_public_real,
+matmul_public) is handed to guard.watch when party.guard is on (free; checked in batches by guard.check, see
+protocols/guard.py).
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import math
 import torch
 
 from .. import gemm, ring
+from . import guard
 from .sharing import Shares, reshare, zero_share
 
 OFFSET_BITS = 62  # truncation is exact for |x| < 2^62 (signed ring value)
@@ -86,7 +91,17 @@ def square_additive(x: Shares) -> torch.Tensor:
 
 def _finish(z: torch.Tensor, fixed: bool, label: str, *, party) -> Shares:
     with party.label(label):
-        return truncate_additive(z, party.encoding.frac_bits, party=party) if fixed else reshare(z, party=party)
+        y = truncate_additive(z, party.encoding.frac_bits, party=party) if fixed else reshare(z, party=party)
+    if fixed:
+        _watch_product(y, label, party=party)
+    return y
+
+
+def _watch_product(y: Shares, op: str, *, party, extra_bits: int = 0) -> None:
+    """Overflow guard (protocols/guard.py): sample a fixed-point product's output for |y| < 2^(62-2f-extra-1).
+    Cost: 0 (a no-op when party.guard is None)."""
+    if party.guard is not None:
+        guard.watch(y, guard.product_limit(party, extra_bits), guard.describe(op, party), party=party)
 
 
 def mul(x: Shares, y: Shares, *, party, fixed: bool = True) -> Shares:
@@ -137,7 +152,9 @@ def mul_public_real(x: Shares, c, *, party) -> Shares:
     e = 0 if cm >= 1.0 or cm == 0.0 else min(int(math.floor(-math.log2(cm))), 62 - 2 * f)
     ce = torch.round(c * 2.0 ** (f + e)).to(torch.int64)
     with party.label("mul_public"):
-        return truncate_additive(x.cur * ce, f + e, party=party)
+        y = truncate_additive(x.cur * ce, f + e, party=party)
+    _watch_product(y, "mul_public", party=party, extra_bits=e)
+    return y
 
 
 def matmul_public(x: Shares, c: torch.Tensor, *, party, left: bool = False, fixed: bool = True) -> Shares:
@@ -146,4 +163,6 @@ def matmul_public(x: Shares, c: torch.Tensor, *, party, left: bool = False, fixe
     if not fixed:
         return x.map(op)
     with party.label("matmul_public"):
-        return truncate_additive(op(x.cur), party.encoding.frac_bits, party=party)
+        y = truncate_additive(op(x.cur), party.encoding.frac_bits, party=party)
+    _watch_product(y, "matmul_public", party=party)
+    return y

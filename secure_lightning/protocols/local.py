@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ring
+from . import guard
 from .arithmetic import truncate_additive
 from .sharing import Shares
 from .sharing import add_public as add_public_ring
@@ -136,7 +137,10 @@ def mean(x: Shares, dim=None, keepdim: bool = False, *, party, extra_bits: int |
         if not 0 <= e <= 62 - 2 * f:
             raise ValueError(f"mean: extra_bits={e} leaves no range (need 0 <= e <= {62 - 2 * f})")
         c = round((1 << (f + e)) / n)
-        return truncate_additive(s.cur * c, f + e, party=party)
+        y = truncate_additive(s.cur * c, f + e, party=party)
+    if party.guard is not None:  # the product sum * c must stay in range: |mean| < 2^(62-2f-e) (protocols/guard.py)
+        guard.watch(y, guard.product_limit(party, e), guard.describe("mean", party), party=party)
+    return y
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -94,12 +94,13 @@ def _header(status: int, shape=()) -> torch.Tensor:
     return h
 
 
-def share(x, owner: int, *, party, label: str = "input") -> Shares:
+def share(x, owner: int, *, party, label: str = "input", data: bool = True) -> Shares:
     """Secret-share the owner's float tensor `x` (other parties pass None). Shapes are public.
 
     The owner encodes x in fixed point (refusing NaN/inf and out-of-range values, unsupported dtypes and more than 8
     dimensions: every party then raises the same error type, FixedPointRangeError, TypeError or ValueError, instead
-    of waiting), draws x_o from PRG_{o,o+1} and x_{o-1} from PRG_{o-1,o}, and sends x_{o+1} = x - x_o - x_{o-1} to
+    of waiting; data=True, the default, accepts |x| < encoding.max_abs = 2^(62-2f), the range a first layer's
+    product can take; data=False only the encoding's hard limit 2^(62-f)), draws x_o from PRG_{o,o+1} and x_{o-1} from PRG_{o-1,o}, and sends x_{o+1} = x - x_o - x_{o-1} to
     both other parties. Cost: 2 rounds (header with status and shape, then shares); owner sends 2 x 80 header bytes
     and 2 ring elements per element, the others send nothing. A refused input costs the header round only.
     """
@@ -116,7 +117,7 @@ def share(x, owner: int, *, party, label: str = "input") -> Shares:
                     x = torch.as_tensor(x)
                 if x.dim() > _HEADER_LEN - 2:
                     raise ValueError(f"at most {_HEADER_LEN - 2} dimensions can be shared, got {x.dim()}")
-                enc = party.encoding.encode(x, what=label).to(party.device)
+                enc = party.encoding.encode(x, what=label, limit=party.encoding.max_abs if data else None).to(party.device)
             except Exception as e:  # refuse on all parties rather than leave the others waiting
                 err, enc = e, None
             h = _header(_STATUS_OK if err is None else _status_of(err), enc.shape if enc is not None else ())
@@ -159,19 +160,39 @@ def reveal(x: Shares, to: int | None = None, *, party, label: str = "reveal") ->
 
     Cost: 1 round. To all: 1 ring element per element sent by each party. To one party: 1 element per element, sent
     by P_{to-1} only. Returns the ring tensor (None on parties that receive nothing).
+    With the overflow guard on and samples pending, guard.check runs first (and raises FixedPointOverflowError
+    instead of opening a value computed from an overflowed product): see protocols/guard.py for its cost.
     """
     if to is not None and to not in (0, 1, 2):
         raise ValueError(f"reveal: to must be None (all parties) or 0, 1, 2, got {to}")
+    if getattr(party, "guard", None) is not None and party.guard.pending:
+        from .guard import check  # nothing is opened while a product may have overflowed unnoticed
+        check(party=party)
     with party.label(f"reveal/{label}"):
         party.audit.record(label, x.shape, "all" if to is None else f"party {to}")
-        if to is None:
-            missing = party.comm.round({party.next: x.prev}, {party.prev: (x.shape, ring.DTYPE)})[party.prev]
-            return x.cur + x.prev + missing.to(x.cur.device)
-        if party.rank == to:
-            missing = party.comm.round({}, {party.prev: (x.shape, ring.DTYPE)})[party.prev]
-            return x.cur + x.prev + missing.to(x.cur.device)
-        party.comm.round({to: x.prev} if party.next == to else {})
-        return None
+        return _open(x, to, party=party)
+
+
+def reveal_labelled(x: Shares, labels: list, *, party) -> torch.Tensor:
+    """Open a 1-D x of len(labels) values to all parties, recording one audit entry per value (label, shape ()).
+    Used by the overflow guard (protocols/guard.py) for its per-op counts. Cost: 1 round, 8 bytes per element."""
+    if tuple(x.shape) != (len(labels),):
+        raise ValueError(f"reveal_labelled: {len(labels)} labels for shape {tuple(x.shape)}")
+    with party.label("reveal/guard"):
+        for lab in labels:
+            party.audit.record(lab, (), "all")
+        return _open(x, None, party=party)
+
+
+def _open(x: Shares, to: int | None, *, party) -> torch.Tensor | None:
+    if to is None:
+        missing = party.comm.round({party.next: x.prev}, {party.prev: (x.shape, ring.DTYPE)})[party.prev]
+        return x.cur + x.prev + missing.to(x.cur.device)
+    if party.rank == to:
+        missing = party.comm.round({}, {party.prev: (x.shape, ring.DTYPE)})[party.prev]
+        return x.cur + x.prev + missing.to(x.cur.device)
+    party.comm.round({to: x.prev} if party.next == to else {})
+    return None
 
 
 def reveal_float(x: Shares, to: int | None = None, *, party, label: str = "reveal", dtype=torch.float64):

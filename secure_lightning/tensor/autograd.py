@@ -54,9 +54,13 @@ def _logical_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.int64
 
 
-def share_tensor(x, owner: int, party, requires_grad: bool = False, label: str = "input") -> SharedTensor:
+def share_tensor(x, owner: int, party, requires_grad: bool = False, label: str = "input",
+                 data: bool = True) -> SharedTensor:
     """Secret-share the owner's plaintext tensor (other parties pass None): float -> float32 SharedTensor, integer
     -> int64 SharedTensor (integer values, still fixed-point encoded), bool -> bool SharedTensor (0/1).
+
+    Data (data=True, the default) must satisfy |x| < party.encoding.max_abs = 2^(62-2f), the range in which a first
+    layer's product stays exact; other values (data=False: model parameters) only the encoding's hard limit 2^(62-f).
 
     Shape and logical dtype are public and travel in a header from the owner; a refused input (NaN/inf, out of the
     fixed-point range, too many dimensions) raises the same error type on every party.
@@ -76,7 +80,8 @@ def share_tensor(x, owner: int, party, requires_grad: bool = False, label: str =
                 if x.dim() > _HEADER_LEN - 3:
                     raise ValueError(f"at most {_HEADER_LEN - 3} dimensions can be shared, got {x.dim()}")
                 dtype = _logical_dtype(x)
-                enc = party.encoding.encode(x.detach().to(torch.float64), what=label).to(party.device)
+                enc = party.encoding.encode(x.detach().to(torch.float64), what=label,
+                                             limit=party.encoding.max_abs if data else None).to(party.device)
             except Exception as e:  # refuse on all parties rather than leave the others waiting
                 err = e
             status = 0 if err is None else (1 if isinstance(err, FixedPointRangeError) else
@@ -637,7 +642,9 @@ def _update_running(buf, stat: Shares, momentum: float, factor: float, party):
     c_old = encode(torch.tensor(1.0 - momentum), party)
     c_new = encode(torch.tensor(momentum * factor), party)
     z = buf.shares.cur * c_old + stat.cur.reshape(buf.shape) * c_new
-    assign_inplace(buf, A.truncate_additive(z, party.encoding.frac_bits, party=party))
+    y = A.truncate_additive(z, party.encoding.frac_bits, party=party)
+    A._watch_product(y, "running statistics", party=party)  # overflow guard (protocols/guard.py); free
+    assign_inplace(buf, y)
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
