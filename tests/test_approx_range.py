@@ -72,18 +72,18 @@ def _fwd_bwd(party, name, x, v, y=None, backward=True):
     """y = op(x) on SharedTensors (x shared by P0, y by P1); backward of sum(out * v) (v shared by P1).
     Returns (out, grad_x, grad_y, openings made by the op and its backward) in float64."""
     from secure_lightning.tensor import share_tensor
-    xs = share_tensor(x if party.rank == 0 else None, 0, party, requires_grad=backward)
+    xs = share_tensor(x if party.rank == 0 else None, 0, party, requires_grad=backward, data=False)
     ys = None
     if y is not None:
         if y.dtype == torch.int64:
             ys = y                                                    # public class labels
         else:
-            ys = share_tensor(y if party.rank == 1 else None, 1, party, requires_grad=backward)
+            ys = share_tensor(y if party.rank == 1 else None, 1, party, requires_grad=backward, data=False)
     before = len(party.audit)
     out = _op(name, xs, ys)
     gx = gy = None
     if backward:
-        vs = share_tensor(v if party.rank == 1 else None, 1, party)
+        vs = share_tensor(v if party.rank == 1 else None, 1, party, data=False)
         (out * vs).sum().backward()
     opened = len(party.audit) - before
     res = reveal_float(out.detach().shares, party=party)
@@ -99,11 +99,11 @@ def _guarded(party, name, x, y=None):
     from secure_lightning.tensor import share_tensor
     guard.enable(party)
     try:
-        xs = share_tensor(x if party.rank == 0 else None, 0, party)
-        ys = None if y is None else share_tensor(y if party.rank == 1 else None, 1, party)
+        xs = share_tensor(x if party.rank == 0 else None, 0, party, data=False)
+        ys = None if y is None else share_tensor(y if party.rank == 1 else None, 1, party, data=False)
         _op(name, xs, ys)
         try:
-            guard.check(party)
+            guard.check(party=party)
         except guard.FixedPointOverflowError as e:
             return str(e)
         return None
@@ -328,7 +328,7 @@ def test_softmax_log_softmax_cross_entropy_whole_range(parties):
 
 def _softmax_rows(party, x):
     from secure_lightning.tensor import share_tensor
-    xs = share_tensor(x if party.rank == 0 else None, 0, party)
+    xs = share_tensor(x if party.rank == 0 else None, 0, party, data=False)
     sm = F.softmax(xs, -1)
     lsm = F.log_softmax(xs, -1)
     return reveal_float(sm.shares, party=party), reveal_float(lsm.shares, party=party)
@@ -348,8 +348,8 @@ def test_softmax_rows_with_one_huge_logit_are_one_hot(parties):
 
 def _lsm_backward_aten(party, logp, g):
     from secure_lightning.tensor import share_tensor
-    lp = share_tensor(logp if party.rank == 0 else None, 0, party)
-    gs = share_tensor(g if party.rank == 1 else None, 1, party)
+    lp = share_tensor(logp if party.rank == 0 else None, 0, party, data=False)
+    gs = share_tensor(g if party.rank == 1 else None, 1, party, data=False)
     out = torch.ops.aten._log_softmax_backward_data.default(gs, lp, 1, torch.float32)
     return reveal_float(out.shares, party=party)
 
@@ -372,7 +372,7 @@ def _at_f(party, f, calls):
     try:
         out = []
         for name, x in calls:
-            a = share(x if party.rank == 0 else None, 0, party=party)
+            a = share(x if party.rank == 0 else None, 0, party=party, data=False)
             out.append(reveal_float(getattr(AP, name)(a, party=party), party=party))
         return out
     finally:
@@ -394,7 +394,10 @@ def test_other_frac_bits(parties):
         xp = _grid(torch.exp(torch.rand(300, generator=g, dtype=torch.float64) * math.log(hi * 2 ** f)
                              - f * math.log(2)), f)
         xp = torch.cat([xp[xp > 0], torch.tensor([ulp, hi])])
-        e, r, lg, rs = parties.run(_at_f, f, [("exp", xe), ("reciprocal", xr), ("log", xp), ("rsqrt", xp)])[0]
+        xs = _grid(torch.cat([torch.linspace(-30, 30, 301, dtype=torch.float64), torch.tensor([-1e3, 1e3])]), f)
+        e, r, lg, rs, sq, sg, th = parties.run(_at_f, f, [("exp", xe), ("reciprocal", xr), ("log", xp),
+                                                          ("rsqrt", xp), ("sqrt", xp), ("sigmoid", xs),
+                                                          ("tanh", xs)])[0]
         neg = xe <= 0
         # exp: the stated bound for other f is 4 ulp (+ 3e-5 e^x for x > 0, f = 24: 5e-5): one ulp of the final
         # truncation, the rest from the squarings, whose scales are capped at 30 bits whatever f is (f = 24: 3.3 ulp
@@ -404,5 +407,9 @@ def test_other_frac_bits(parties):
         fr = min(30, math.floor(62 - math.log2(1 / rlo * (1 + 2 ** -10) * 1.0625)) - min(62 - 2 * f - 1, f - 1))
         _check(r, 1 / xr, 2 * ulp, 2.0 ** (1 - fr) + 2e-7, f"reciprocal f={f}")
         _check(lg, torch.log(xp), 3 * ulp, 0.0, f"log f={f}")
-        # rsqrt: 2 ulp + 1e-7 |out| (f = 24: 2e-7 |out|: the mantissa polynomial's powers are held at 2^-24)
-        _check(rs, torch.rsqrt(xp), 2 * ulp, 1e-7 if f < 24 else 2e-7, f"rsqrt f={f}")
+        # rsqrt: 2 ulp + 1e-7 |out| (f = 24: 3e-7 |out|: r = m^-1/2 keeps 23 bits, its polynomial 2^-24)
+        _check(rs, torch.rsqrt(xp), 2 * ulp, 1e-7 if f < 24 else 3e-7, f"rsqrt f={f}")
+        _check(sq, torch.sqrt(xp), 2 * ulp, 1e-7, f"sqrt f={f}")
+        # sigmoid, tanh: 2e-6 / 4e-6 as at f = 20, or 2 / 4 ulp when that is larger (f = 16)
+        _check(sg, torch.sigmoid(xs), max(2e-6, 2 * ulp), 0.0, f"sigmoid f={f}")
+        _check(th, torch.tanh(xs), max(4e-6, 4 * ulp), 0.0, f"tanh f={f}")

@@ -676,7 +676,9 @@ def _root(x: Shares, lo: float, hi: float, power: float, *, party) -> Shares:
     name = "rsqrt" if power < 0 else "sqrt"
     a, b = _octaves(lo, hi, name)
     zero_below = power > 0
-    m_scale = min(MAX_SCALE, f + 4)
+    # m and r = m^(+-1/2) carry max(f, 20) + 3 bits: the output is r times up to 2^(31-f) (sqrt, f = 16: 2^15), so
+    # r's precision is relative, and f + 3 bits would leave 2^-19 of it at f = 16
+    m_scale = min(MAX_SCALE, max(f, 20) + 4)
     m, m_scale, iv, js, _ = _normalize(x, f, a, b, m_scale, party=party, zero_below=zero_below)
     r_values = [0.0 if j is None else 2.0 ** (power * j) for j in js]
     r_max = max(r_values)
@@ -687,7 +689,7 @@ def _root(x: Shares, lo: float, hi: float, power: float, *, party) -> Shares:
     if fr < f - 2:   # r <= sqrt 2 carries fr bits: relative 2^-fr of the output (f = 24, [2^-24, 2^14]: fr = 23)
         raise ValueError(f"{name}: the range [{lo}, {hi}] is too wide for frac_bits={f}")
     r_range = (2.0 ** -0.5, 1.0) if power < 0 else (1.0, 2.0 ** 0.5)
-    r = _mantissa_poly(m, m_scale, name, party=party, out_scale=fr, out_range=r_range, abs_bits=f + 3)
+    r = _mantissa_poly(m, m_scale, name, party=party, out_scale=fr, out_range=r_range, abs_bits=max(f, 20) + 3)
     rj = _piecewise(iv, r_values, sr, x.shape, party=party)
     (out,) = _layer([_Item(product_additive(rj, r), sr + fr, f, r_max * r_poly_max)], party=party)
     return out
@@ -702,7 +704,8 @@ def rsqrt(x: Shares, *, party, lo: float | None = None, hi: float | None = None)
     Range: lo <= x <= hi, powers of two; defaults lo = 2^-f (every positive fixed-point value), hi = 2^(62-2f)
     (f = 20: [2^-20, 2^22]; before: [2^-16, 2^16]; batch norm passes its own range). x outside [lo, hi] (x <= 0
     included) goes to the overflow guard (guard.watch on 2x - (lo + hi)).
-    Error (defaults, f = 20): |err| <= 2e-6 + 1e-7 |out|; other f: 2 ulp + 1e-7 |out| (f = 24: 2 ulp + 2e-7 |out|).
+    Error (defaults, f = 20): |err| <= 2e-6 + 1e-7 |out|; other f: 2 ulp + 1e-7 |out| (f = 24: 2 ulp + 3e-7 |out|:
+    m^(-1/2) keeps fr = 23 bits).
     Cost: ltz(K n), K = log2(hi/lo) - 1 (defaults, f = 20: 41; before: 31), + 5 layers of n, n, 2n, n, n: 8 + 15 =
     23 rounds; 96 bytes per element per party plus the ltz bytes. Nothing opened.
     """
@@ -756,7 +759,7 @@ def _half_logistic(x: Shares, *, party) -> tuple[Shares, Shares]:
     z = _exp(-a, f, LOGISTIC_SQUARINGS, 0.0, z_scale, party=party)
     u = _add_const(mul_int(z, 2), -1.0, z_scale, party=party)
     h = _poly(u, z_scale, 1.0, _chebyshev_monomial("recip1p", 8), party=party, out_scale=f, out_range=(0.5, 1.0),
-              abs_bits=f + 3)
+              abs_bits=min(f, 21) + 3)   # capped: see _mantissa_poly (f = 24 would leave u^5..u^8 no coefficient bits)
     return h, s
 
 
@@ -767,7 +770,7 @@ def sigmoid(x: Shares, *, party) -> Shares:
     (exp: Taylor-8 base, 3 squarings: 6 layers), h = 1/(1+z) with z in (0, 1] by a degree-8 polynomial (3 layers,
     error 3e-7), and sigma = h + s (1 - 2h) (ring product with the bit: 1 round, no truncation). Clamping |x| at 16
     changes sigma by at most e^-16 = 1.1e-7 and keeps exp inside its range: valid for every input.
-    Range: all x (|x| < 2^(62-f)/2). Error: |err| <= 2e-6.
+    Range: all x (|x| < 2^(62-f)/2). Error: |err| <= 2e-6 (f = 20, 24; f = 16: 2 ulp).
     Cost: relu(4n) + 9 layers + 1 round: 8 + 27 + 1 = 36 rounds; 16 * 11 + 8 = 184 bytes per element per party
     plus relu(4n) bytes. Nothing opened.
     """
