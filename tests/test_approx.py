@@ -268,7 +268,8 @@ def _bad_params_job(party):
                  lambda: AP.exp(x, party=party, squarings=2, upper=12.0),
                  lambda: AP.reciprocal(x, party=party, lo=0.3),
                  lambda: AP.log(x, party=party, hi=1000.0),
-                 lambda: AP.div(x, x, party=party, max_quotient=2.0 ** 30)):
+                 lambda: AP.div(x, x, party=party, max_quotient=2.0 ** 30),
+                 lambda: AP.exp(x, party=party, squarings=2, upper=4.0)):        # clamp at -8: e^-8 >> 1 ulp
         try:
             call()
             msgs.append(None)
@@ -283,3 +284,4 @@ def test_bad_parameters_raise_clear_errors(parties):
         assert "upper" in msgs[0] and "squarings" in msgs[1] and "more squarings" in msgs[2]
         assert "powers of two" in msgs[3] and "powers of two" in msgs[4]
         assert "quotient" in msgs[5]
+        assert "half an ulp" in msgs[6]

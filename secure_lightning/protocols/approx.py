@@ -23,12 +23,18 @@ How the round count is kept low
   products u^a u^b formed inside the last layer's truncation (coefficients folded in as integers), the value
   centred on the midpoint of its known range so that the sum carries as many fractional bits as possible.
 
-Ranges: each function documents the input range its error bound holds on. Outside it the result is not an
-approximation of anything (bounds of intermediate scales are exceeded); no function raises on data (that would need
-an opening), so the caller keeps inputs in range (softmax, log_softmax, sigmoid and tanh clamp their exp argument
-with compare.relu, so they are valid for every input |x| < 2^(62-f)/2).
-Error bounds below are for f = 20 (ulp = 2^-20 = 9.5e-7), measured against float64 torch on the encoded inputs and
-asserted in tests/test_approx.py; each is about one ulp of final truncation plus the approximation error.
+Ranges: each function documents the input range its error bound holds on. The defaults cover the whole fixed-point
+range in which values can still be multiplied, |x| <= 2^(62-2f) (value_top; f = 20: 4.19e6): exp clamps its input
+below (the clamped value is the correctly rounded result) and above (e^x not representable), reciprocal/div take
+divisors in [max(2^-f, 2^-(62-2f)), 2^(62-2f)], log/rsqrt/sqrt inputs in [2^-f, 2^(62-2f)]; softmax, log_softmax,
+sigmoid and tanh clamp their exp argument, so they are valid for every input |x| < 2^(62-f)/2. An input whose result
+is not representable (exp above exp_top(f), a zero divisor, log of x <= 0, ...) cannot raise at once (that would
+need an opening): it is handed to the overflow guard (guard.watch: free; with party.guard enabled a public-random
+sample is checked in a later batched comparison and every party raises FixedPointOverflowError naming the function).
+Internal callers that know a narrower range pass it (cheaper: fewer thresholds) and skip the clamp.
+Error bounds below are for f = 20 (ulp = 2^-20 = 9.5e-7) unless stated for other f, measured against float64 torch
+on the encoded inputs and asserted in tests/test_approx.py and tests/test_approx_range.py (f = 16, 20, 24); each is
+about one ulp of final truncation plus the approximation error.
 
 Cost notation: ltz(m) / relu(m) / max(...) are the costs of those compare.py protocols on m elements (8 rounds;
 their bytes differ per party, see compare.py); "a layer of m" = 3 rounds and 16 m bytes per party. n = numel(x).
@@ -342,16 +348,17 @@ def exp(x: Shares, *, party, squarings: int = 5, upper: float | None = None, cla
     Taylor polynomials of even degree are positive and p(t) is in [e^-2, 1] on [-2, 0], so p^N decays towards 0 for
     x down to -2N; further down p grows again: clamp=False requires x in [-2N, upper] (the caller's guarantee;
     softmax, sigmoid and the cross-entropy backward clamp their own inputs).
-    Range: clamp=True: every x with |x| < 2^(62-f) - 2N; correct for x <= upper, checked above. upper defaults to
-    exp_top(f) = (62 - 2f) ln 2 - 2 ln 1.0625 rounded down to 3 decimals (f = 20: 15.127, e^upper = 3.71e6 <
-    2^22; f = 16: 20.673; f = 24: 9.582), capped at N; upper <= exp_top(f). clamp=False: x in [-2N, upper] (upper default as above).
+    Range: clamp=True: every x with |x| < 2^(62-f) - 2N (e^-2N must be below half an ulp: squarings >= 3 at f <= 20,
+    >= 4 at f = 24, else ValueError); correct for x <= upper, checked above. upper defaults to exp_top(f) =
+    (62 - 2f) ln 2 - 2 ln 1.0625 rounded down to 3 decimals (f = 20: 15.127, e^upper = 3.71e6 < 2^22; f = 16: 20.673;
+    f = 24: 9.582), capped at N; upper <= exp_top(f). clamp=False: x in [-2N, upper] (upper default as above).
     Error (f = 20, squarings = 5, default upper 15.127): |err| <= 3e-6 for x <= 0 (all x <= 0 with clamp=True: the
     last squaring keeps 20 fractional bits so that e^15.127 fits; with upper <= 12: 22 bits, 2e-6); |err| <= 2e-6 +
     1.5e-5 e^x for x in (0, 12] and 2e-6 + 3e-5 e^x for x in (12, upper] (the coefficients of t^5..t^8 carry few
     bits, which matters only for x > 0; the last squarings keep fewer fractional bits near the top).
     Other f: |err| <= 4 ulp for x <= 0 (ulp = 2^-f; the squarings keep at most 30 bits), + 3e-5 e^x for x > 0
-    (f = 16; f = 24: 5e-5, t being read at 29 bits leaves its coefficients fewer). With upper=0 and squarings=3 (sigmoid, tanh: range [-16, 0])
-    or 4 (softmax: range [-32, 0]): |err| <= 2e-6.
+    (f = 16; f = 24: 5e-5, t being read at 29 bits leaves its coefficients fewer). With upper=0 and squarings=3
+    (sigmoid, tanh: range [-16, 0]) or 4 (softmax: range [-32, 0]): |err| <= 2e-6.
     Cost: clamp=True: relu(2n) + (3 + squarings) layers: 8 + 3 (3 + squarings) rounds, 16 (4 + squarings) bytes
     per element per party plus relu(2n) bytes (defaults: 32 rounds, 144 bytes + relu(2n) ~ 104 = ~248 bytes;
     before the clamp: 24 rounds, 144 bytes, valid on [-64, 12] only). clamp=False: 3 (3 + squarings) rounds and
@@ -365,6 +372,9 @@ def exp(x: Shares, *, party, squarings: int = 5, upper: float | None = None, cla
         if clamp:
             if upper > exp_top(f) or upper > N or not 1 <= squarings <= 9:
                 return _exp(x, f, squarings, upper, f, party=party)     # raises the parameter error
+            if 2 * N < (f + 1) * math.log(2):
+                raise ValueError(f"exp: clamp=True needs e^-2N below half an ulp: squarings={squarings} is too few "
+                                 f"for frac_bits={f}")
             x = _clamp_exp_input(x, -2.0 * N, upper, party=party)
         return _exp(x, f, squarings, upper, f, party=party)
 
@@ -446,8 +456,9 @@ _GUESS_EMAX = 0.375
 
 
 def _normalize_signed(y: Shares, lo: float, hi: float, signed: bool, what: str, *, party):
-    """(P, sp, a, b, intervals): P = sign(y) 2^-J at scale 2^sp, exact (sp = max(b - 1, 0)), J = floor(log2 |y|) clipped to
-    [a, b - 1], from ONE compare.ltz on the octave thresholds 2^(a+1) .. 2^(b-1) (and -tau, [y < 0] if signed)."""
+    """(P, sp, a, b, intervals): P = sign(y) 2^-J at scale 2^sp, exact (sp = max(b - 1, 0)), J = floor(log2 |y|)
+    clipped to [a, b - 1], from ONE compare.ltz on the octave thresholds 2^(a+1) .. 2^(b-1) (and -tau, [y < 0] if
+    signed)."""
     f = party.encoding.frac_bits
     a, b = _octaves(lo, hi, what)
     iv = _intervals(y, f, [2.0 ** j for j in range(a + 1, b)], signed, party=party)
@@ -546,9 +557,9 @@ def div(x: Shares, y: Shares, *, party, iterations: int = 4, lo: float | None = 
     Range: lo <= |y| <= hi (powers of two; defaults as reciprocal: f = 20: [2^-20, 2^22]; y > 0 if positive=True)
     and |x / y| <= max_quotient (default 2^16, the most that f = 20 and hi = 2^22 allow: f + log2(hi) + 3 bits of
     the guess must fit beside it, ValueError otherwise). |y| outside [lo, hi] (0 included: y p0 is then outside
-    [11/16, 11/8]; y p0 does not wrap for |y| < 2^(58-f)) and |q0| > 1.375 max_quotient go to the overflow guard (guard.watch). q0 = x p0
-    is exact while |x/y| < 2^(61-f-log2(hi)-3) (f = 20: about 2^17); beyond that x p0 wraps and the check of the
-    quotient bound is only probabilistic.
+    [11/16, 11/8]; y p0 does not wrap for |y| < 2^(58-f)) and |q0| > 1.375 max_quotient go to the overflow guard
+    (guard.watch). q0 = x p0 is exact while |x/y| < 2^(61-f-log2(hi)-3) (f = 20: about 2^17); beyond that x p0
+    wraps and the check of the quotient bound is only probabilistic.
     Error (f = 20, defaults): |err| <= 2e-6 + 1e-6 |x/y|. Other f: 2 ulp + 2^(3-min(qs, es)) |x/y|, from the
     chain scales qs, es below.
     Cost: ltz(R numel(y)) as reciprocal (defaults, f = 20: R = 83; before: 51), then iterations + 1 layers of 2n,
