@@ -130,6 +130,14 @@ def _add_const(x: Shares, value: float, scale: int, *, party) -> Shares:
     return add_public(x, _ring(_int(value, scale), party=party), party=party)
 
 
+def _watch(make_y, limit: float, what: str, *, party, scale_bits: int | None = None) -> None:
+    """Domain check for the overflow guard: guard.watch(make_y(), ...) with |y| < limit exactly on the domain, `what`
+    prefixed with the running layer (guard.describe). Nothing at all (not even make_y) when the guard is off."""
+    if getattr(party, "guard", None) is None:
+        return
+    guard.watch(make_y(), limit, guard.describe(what, party), party=party, scale_bits=scale_bits)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Polynomials of degree <= 8 in ceil(log2 degree) layers
 
@@ -328,8 +336,7 @@ def _clamp_exp_input(x: Shares, low: float, upper: float, *, party) -> Shares:
     lo_i, up_i = _int(low, f, "exp clamp"), _int(upper, f, "exp clamp")
     r, _ = compare.relu(_stack_shifted(x, [-lo_i, -up_i], party=party), party=party)
     above = r.map(lambda t: t[1])
-    guard.watch(above, 2.0 ** -f, f"exp: input above {upper} (e^x >= 2^{62 - 2 * f} is not representable)",
-                party=party)
+    _watch(lambda: above, 2.0 ** -f, f"exp: input above {upper} (e^x not representable)", party=party)
     return add_public(r.map(lambda t: t[0]) - above, _ring(lo_i, party=party), party=party)
 
 
@@ -470,9 +477,9 @@ def _normalize_signed(y: Shares, lo: float, hi: float, signed: bool, what: str, 
 def _watch_mantissa(m: Shares, ms: int, what: str, lo: float, hi: float, *, party):
     """m = |y| 2^-J is in [1, 2] exactly when lo <= |y| <= hi (below lo: J = a and m < 1, 0 for y = 0; above hi:
     J = b - 1 and m > 2; the product y P never wraps, so m is exact there too)."""
-    guard.watch(_add_const(m, -1.5, ms, party=party), 0.5 + 2.0 ** -(ms - 2),
-                f"{what}: |divisor| outside [{lo:.4g}, {hi:.4g}] (zero, or its reciprocal is not representable)",
-                party=party, scale_bits=ms)
+    _watch(lambda: _add_const(m, -1.5, ms, party=party), 0.5 + 2.0 ** -(ms - 2),
+           f"{what}: |divisor| outside [{lo:.4g}, {hi:.4g}] (zero, or its reciprocal is not representable)",
+           party=party, scale_bits=ms)
 
 
 def _recip_chain(q: Shares | None, qs: int, e: Shares, es: int, iterations: int, out_scale: int, q_bound: float,
@@ -586,10 +593,11 @@ def div(x: Shares, y: Shares, *, party, iterations: int = 4, lo: float | None = 
         t, q = _layer([_Item(product_additive(y, p0), f + sp + _GUESS_BITS, es, 1.0 + _GUESS_EMAX),
                        _Item(product_additive(x, p0), f + sp + _GUESS_BITS, qs, q_bound)], party=party)
         # t = 11 m / 16 is in [11/16, 11/8] exactly when lo <= |y| <= hi (m = |y| 2^-J; y P never wraps)
-        guard.watch(_add_const(t, -33.0 / 32, es, party=party), 11.0 / 32 + 2.0 ** -(es - 2),
-                    f"div: |divisor| outside [{lo:.4g}, {hi:.4g}] (zero, or its reciprocal is not representable)",
-                    party=party, scale_bits=es)
-        guard.watch(q, q_bound, f"div: |x / y| above max_quotient={max_quotient:.4g}", party=party, scale_bits=qs)
+        _watch(lambda: _add_const(t, -33.0 / 32, es, party=party), 11.0 / 32 + 2.0 ** -(es - 2),
+               f"div: |divisor| outside [{lo:.4g}, {hi:.4g}] (zero, or its reciprocal is not representable)",
+               party=party, scale_bits=es)
+        _watch(lambda: q, q_bound, f"div: |x / y| above max_quotient={max_quotient:.4g}", party=party,
+               scale_bits=qs)
         e = _add_const(-t, 1.0, es, party=party)
         return _recip_chain(q, qs, e, es, iterations, f, q_bound, party=party)
 
@@ -654,8 +662,8 @@ def _watch_domain(x: Shares, lo: float, hi: float, what: str, *, party) -> None:
     (x at scale 2^f; no comparison here, none at all without party.guard)."""
     f = party.encoding.frac_bits
     c = _int(lo, f, "domain") + _int(hi, f, "domain")
-    guard.watch(add_public(mul_int(x, 2), _ring(-c, party=party), party=party), hi - lo + 2.0 ** -f,
-                f"{what}: input outside [{lo:.4g}, {hi:.4g}]", party=party)
+    _watch(lambda: add_public(mul_int(x, 2), _ring(-c, party=party), party=party), hi - lo + 2.0 ** -f,
+           f"{what}: input outside [{lo:.4g}, {hi:.4g}]", party=party)
 
 
 def log(x: Shares, *, party, lo: float | None = None, hi: float | None = None) -> Shares:
