@@ -2,8 +2,9 @@
 
 Inputs are rounded to the fixed-point grid first (ulp = 2^-20 = 9.5e-7), so each tolerance measures the protocol
 alone; every tolerance is the bound stated in the function's docstring:
-  exp           |err| <= 2e-6 on [-64, 0], 2e-6 + 1.5e-5 e^x on (0, 12]; upper=0: 2e-6 on [-2^(squarings+1), 0]
-  reciprocal    2e-6 + 1e-7 |1/x|        div           2e-6 + 1e-6 |x/y|
+  exp           |err| <= 2e-6 on [-64, 0] (upper <= 12; default upper 15.127: 3e-6), 2e-6 + 1.5e-5 e^x on (0, 12];
+                upper=0: 2e-6 on [-2^(squarings+1), 0]
+  reciprocal    2e-6 + 7e-7 |1/x|        div           2e-6 + 1e-6 |x/y|
   log           2.5e-6                   rsqrt, sqrt   2e-6 + 1e-7 |out|
   sigmoid       2e-6                     tanh          4e-6
   softmax       3e-6                     log_softmax   2.5e-6
@@ -70,8 +71,10 @@ def _check(out, want, atol, rtol, what):
 # exp
 
 def _exp_job(party, x, x16, x32):
-    return _secure(party, [("exp", x, None, {}), ("exp", x16, None, {"squarings": 3, "upper": 0.0}),
-                           ("exp", x32, None, {"squarings": 4, "upper": 0.0})])
+    res = _secure(party, [("exp", x, None, {}), ("exp", x16, None, {"squarings": 3, "upper": 0.0, "clamp": False}),
+                          ("exp", x32, None, {"squarings": 4, "upper": 0.0, "clamp": False}),
+                          ("exp", x, None, {"upper": 12.0, "clamp": False})])
+    return res, _cost_of(party, CMP.relu, (2, x.numel()))
 
 
 def test_exp_accuracy_cost_no_openings(parties):
@@ -82,15 +85,19 @@ def test_exp_accuracy_cost_no_openings(parties):
     x16 = _grid(torch.cat([torch.tensor([0.0, -ULP, -16.0]), torch.linspace(-16, 0, 1500, dtype=torch.float64)]))
     x32 = _grid(torch.cat([torch.tensor([0.0, -ULP, -32.0]), torch.linspace(-32, 0, 1500, dtype=torch.float64)]))
     res = parties.run(_exp_job, x, x16, x32)
-    for (_, cost, opened), (_, cost16, opened16), (_, cost32, opened32) in res:
-        assert opened == opened16 == opened32 == 0
-        assert cost == (24, 144 * x.numel())            # 8 layers: 3 polynomial (n, 2n, n) + 5 squarings
+    for ((_, cost, opened), (_, cost16, opened16), (_, cost32, opened32), (_, cost12, opened12)), relu in res:
+        assert opened == opened16 == opened32 == opened12 == 0
+        # default (clamp to [-64, exp_top(f)]): relu(2n) + 8 layers; before the clamp 24 rounds, 144 bytes
+        assert cost == (relu[0] + 24, relu[1] + 144 * x.numel())
+        assert cost12 == (24, 144 * x.numel())          # clamp=False: 8 layers: 3 polynomial (n, 2n, n) + 5 squarings
         assert cost16 == (18, 112 * x16.numel())        # 3 polynomial + 3 squarings (sigmoid, tanh)
         assert cost32 == (21, 128 * x32.numel())        # 3 polynomial + 4 squarings (softmax, log_softmax)
-    out, out16, out32 = (r[0] for r in res[0])
+    out, out16, out32, out12 = (r[0] for r in res[0][0])
     neg = x <= 0
-    _check(out[neg], torch.exp(x[neg]), 2e-6, 0.0, "exp on [-64, 0]")
+    _check(out[neg], torch.exp(x[neg]), 3e-6, 0.0, "exp on [-64, 0]")     # default upper 15.127: 3e-6
     _check(out[~neg], torch.exp(x[~neg]), 2e-6, 1.5e-5, "exp on (0, 12]")
+    _check(out12[neg], torch.exp(x[neg]), 2e-6, 0.0, "exp(upper=12, clamp=False) on [-64, 0]")
+    _check(out12[~neg], torch.exp(x[~neg]), 2e-6, 1.5e-5, "exp(upper=12, clamp=False) on (0, 12]")
     _check(out16, torch.exp(x16), 2e-6, 0.0, "exp(squarings=3) on [-16, 0]")
     _check(out32, torch.exp(x32), 2e-6, 0.0, "exp(squarings=4) on [-32, 0]")
     assert out[x == 0].eq(1.0).all() or (out[x == 0] - 1).abs().max() <= ULP
@@ -102,7 +109,7 @@ def test_exp_accuracy_cost_no_openings(parties):
 def _recip_job(party, x, xp, num, den):
     res = _secure(party, [("reciprocal", x, None, {}), ("reciprocal", xp, None, {"positive": True}),
                           ("div", num, den, {})])
-    k = 25  # log2(2^16 / 2^-10) - 1 thresholds
+    k = 41  # log2(2^22 / 2^-20) - 1 thresholds (the defaults at f = 20; before: [2^-10, 2^16], 25)
     ref = [_cost_of(party, CMP.ltz, (2 * k + 1, x.numel())), _cost_of(party, CMP.ltz, (k, xp.numel())),
            _cost_of(party, CMP.ltz, (2 * k + 1, den.numel()))]
     return res, ref
@@ -123,12 +130,13 @@ def test_reciprocal_and_div_accuracy_cost(parties):
     for (res, ref) in runs:
         (_, c1, o1), (_, c2, o2), (_, c3, o3) = res
         assert o1 == o2 == o3 == 0
-        assert c1 == (ref[0][0] + 15, ref[0][1] + 128 * x.numel())     # ltz + 5 layers (n, 2n, 2n, 2n, n)
-        assert c2 == (ref[1][0] + 15, ref[1][1] + 128 * xp.numel())
-        assert c3 == (ref[2][0] + 15, ref[2][1] + 144 * den.numel())   # div: layers (2n, 2n, 2n, 2n, n)
+        # reciprocal: ltz + 6 layers (m: n; e1, q1: 2n; 2n; 2n; q4: n; q4 2^-J: n); before: 5 layers, 128 bytes
+        assert c1 == (ref[0][0] + 18, ref[0][1] + 144 * x.numel())
+        assert c2 == (ref[1][0] + 18, ref[1][1] + 144 * xp.numel())
+        assert c3 == (ref[2][0] + 15, ref[2][1] + 144 * den.numel())   # div: layers (2n, 2n, 2n, 2n, n), as before
     (r, _, _), (rp, _, _), (d, _, _) = runs[0][0]
-    _check(r, 1 / x, 2e-6, 1e-7, "reciprocal")
-    _check(rp, 1 / xp, 2e-6, 1e-7, "reciprocal(positive)")
+    _check(r, 1 / x, 2e-6, 7e-7, "reciprocal")
+    _check(rp, 1 / xp, 2e-6, 7e-7, "reciprocal(positive)")
     _check(d, num / den, 2e-6, 1e-6, "div")
 
 
@@ -137,8 +145,9 @@ def test_reciprocal_and_div_accuracy_cost(parties):
 
 def _roots_job(party, xl, xr, xs):
     res = _secure(party, [("log", xl, None, {}), ("rsqrt", xr, None, {}), ("sqrt", xs, None, {})])
-    ref = [_cost_of(party, CMP.ltz, (35, xl.numel())), _cost_of(party, CMP.ltz, (31, xr.numel())),
-           _cost_of(party, CMP.ltz, (36, xs.numel()))]
+    # thresholds at the defaults [2^-20, 2^22] (f = 20): 41, 41, 42 (before: 35, 31, 36 with hi = 2^16)
+    ref = [_cost_of(party, CMP.ltz, (41, xl.numel())), _cost_of(party, CMP.ltz, (41, xr.numel())),
+           _cost_of(party, CMP.ltz, (42, xs.numel()))]
     return res, ref
 
 
@@ -259,7 +268,8 @@ def _bad_params_job(party):
                  lambda: AP.exp(x, party=party, squarings=2, upper=12.0),
                  lambda: AP.reciprocal(x, party=party, lo=0.3),
                  lambda: AP.log(x, party=party, hi=1000.0),
-                 lambda: AP.div(x, x, party=party, max_quotient=2.0 ** 30)):
+                 lambda: AP.div(x, x, party=party, max_quotient=2.0 ** 30),
+                 lambda: AP.exp(x, party=party, squarings=2, upper=4.0)):        # clamp at -8: e^-8 >> 1 ulp
         try:
             call()
             msgs.append(None)
@@ -274,3 +284,4 @@ def test_bad_parameters_raise_clear_errors(parties):
         assert "upper" in msgs[0] and "squarings" in msgs[1] and "more squarings" in msgs[2]
         assert "powers of two" in msgs[3] and "powers of two" in msgs[4]
         assert "quotient" in msgs[5]
+        assert "half an ulp" in msgs[6]

@@ -23,12 +23,18 @@ How the round count is kept low
   products u^a u^b formed inside the last layer's truncation (coefficients folded in as integers), the value
   centred on the midpoint of its known range so that the sum carries as many fractional bits as possible.
 
-Ranges: each function documents the input range its error bound holds on. Outside it the result is not an
-approximation of anything (bounds of intermediate scales are exceeded); no function raises on data (that would need
-an opening), so the caller keeps inputs in range (softmax, log_softmax, sigmoid and tanh clamp their exp argument
-with compare.relu, so they are valid for every input |x| < 2^(62-f)/2).
-Error bounds below are for f = 20 (ulp = 2^-20 = 9.5e-7), measured against float64 torch on the encoded inputs and
-asserted in tests/test_approx.py; each is about one ulp of final truncation plus the approximation error.
+Ranges: each function documents the input range its error bound holds on. The defaults cover the whole fixed-point
+range in which values can still be multiplied, |x| <= 2^(62-2f) (value_top; f = 20: 4.19e6): exp clamps its input
+below (the clamped value is the correctly rounded result) and above (e^x not representable), reciprocal/div take
+divisors in [max(2^-f, 2^-(62-2f)), 2^(62-2f)], log/rsqrt/sqrt inputs in [2^-f, 2^(62-2f)]; softmax, log_softmax,
+sigmoid and tanh clamp their exp argument, so they are valid for every input |x| < 2^(62-f)/2. An input whose result
+is not representable (exp above exp_top(f), a zero divisor, log of x <= 0, ...) cannot raise at once (that would
+need an opening): it is handed to the overflow guard (guard.watch: free; with party.guard enabled a public-random
+sample is checked in a later batched comparison and every party raises FixedPointOverflowError naming the function).
+Internal callers that know a narrower range pass it (cheaper: fewer thresholds) and skip the clamp.
+Error bounds below are for f = 20 (ulp = 2^-20 = 9.5e-7) unless stated for other f, measured against float64 torch
+on the encoded inputs and asserted in tests/test_approx.py and tests/test_approx_range.py (f = 16, 20, 24); each is
+about one ulp of final truncation plus the approximation error.
 
 Cost notation: ltz(m) / relu(m) / max(...) are the costs of those compare.py protocols on m elements (8 rounds;
 their bytes differ per party, see compare.py); "a layer of m" = 3 rounds and 16 m bytes per party. n = numel(x).
@@ -44,7 +50,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from .. import ring
-from . import compare
+from . import compare, guard
 from .arithmetic import mul, product_additive, square_additive, truncate_additive
 from .local import mul_int
 from .sharing import Shares, add_public, public_shares
@@ -58,6 +64,8 @@ LOGISTIC_CLAMP, LOGISTIC_SQUARINGS = 16.0, 3
 SOFTMAX_CLAMP, SOFTMAX_SQUARINGS = 32.0, 4
 _EXP_SENS_BOUND = 1.0    # |t| weighting exp's power scales: beyond |t| = 1, p^(N-1) <= e^-(N-1) damps any error
 _EXP_EXTRA_BITS = 1      # p(t) carries f + squarings + 1 fractional bits of accuracy (N = 2^squarings amplifies)
+_EXP_MAX_BITS = 21       # ... f capped at 21 there: more would leave the coefficients of t^5..t^8 (products of two
+                         # powers at ~31 bits each inside a 62-bit truncation) with no bits at all (f = 24, x > 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -120,6 +128,14 @@ def _layer(items: Sequence[_Item], *, party) -> list[Shares]:
 
 def _add_const(x: Shares, value: float, scale: int, *, party) -> Shares:
     return add_public(x, _ring(_int(value, scale), party=party), party=party)
+
+
+def _watch(make_y, limit: float, what: str, *, party, scale_bits: int | None = None) -> None:
+    """Domain check for the overflow guard: guard.watch(make_y(), ...) with |y| < limit exactly on the domain, `what`
+    prefixed with the running layer (guard.describe). Nothing at all (not even make_y) when the guard is off."""
+    if getattr(party, "guard", None) is None:
+        return
+    guard.watch(make_y(), limit, guard.describe(what, party), party=party, scale_bits=scale_bits)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -278,13 +294,22 @@ def _octaves(lo: float, hi: float, what: str) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------------------------------
 # exp
 
+def exp_top(f: int) -> float:
+    """The largest x whose e^x is representable: e^x < 2^(62-2f) / 1.0625^2 (a value that can still be multiplied
+    by a value of size ~1 without leaving truncation's exact range 2^62, with the scale plans' headroom; it also
+    leaves exp's last squaring f fractional bits), rounded down to 3 decimals. f = 20: 15.127 (e^x < 3.71e6);
+    f = 16: 20.673; f = 24: 9.582."""
+    return math.floor(((62 - 2 * f) * math.log(2) - 2 * math.log(_MARGIN)) * 1000) / 1000
+
+
 def _exp(x: Shares, x_scale: int, squarings: int, upper: float, out_scale: int, *, party) -> Shares:
     n = squarings
     N = 1 << n
     if not 1 <= n <= 9:
         raise ValueError(f"exp: squarings must be in 1..9, got {n}")
-    if upper > 15.0:
-        raise ValueError(f"exp: upper={upper} > 15: exp(x) must stay below 2^22 (use upper <= 15)")
+    top = exp_top(x_scale)
+    if upper > top:
+        raise ValueError(f"exp: upper={upper} > {top}: e^upper must stay below 2^(62-2f) = 2^{62 - 2 * x_scale}")
     if upper > N:
         raise ValueError(f"exp: upper={upper} needs more squarings than {n} (upper <= 2^squarings)")
     t_bound = max(2.0, upper / N)
@@ -296,7 +321,7 @@ def _exp(x: Shares, x_scale: int, squarings: int, upper: float, out_scale: int, 
     scales = [min(MAX_SCALE, _max_scale(bounds[k + 1]) // 2) for k in range(n)] + [out_scale]
     taylor = [1.0 / math.factorial(k) for k in range(9)]
     y = _poly(x, t_scale, t_bound, taylor, party=party, out_scale=scales[0],
-              out_range=(0.125, p_bound), abs_bits=x_scale + n + _EXP_EXTRA_BITS,
+              out_range=(0.125, p_bound), abs_bits=min(x_scale, _EXP_MAX_BITS) + n + _EXP_EXTRA_BITS,
               sens_bound=_EXP_SENS_BOUND)
     for k in range(n):
         with party.label("square"):
@@ -304,24 +329,60 @@ def _exp(x: Shares, x_scale: int, squarings: int, upper: float, out_scale: int, 
     return y
 
 
-def exp(x: Shares, *, party, squarings: int = 5, upper: float = 12.0) -> Shares:
+def _clamp_exp_input(x: Shares, low: float, upper: float, *, party) -> Shares:
+    """min(max(x, low), upper) with ONE compare.relu on [x - low, x - upper] (2n values; exact for every
+    |x| < 2^(62-f)); watches relu(x - upper) == 0 (x above upper: e^x not representable)."""
+    f = party.encoding.frac_bits
+    lo_i, up_i = _int(low, f, "exp clamp"), _int(upper, f, "exp clamp")
+    r, _ = compare.relu(_stack_shifted(x, [-lo_i, -up_i], party=party), party=party)
+    above = r.map(lambda t: t[1])
+    _watch(lambda: above, 2.0 ** -f, f"exp: input above {upper} (e^x not representable)", party=party)
+    return add_public(r.map(lambda t: t[0]) - above, _ring(lo_i, party=party), party=party)
+
+
+def exp(x: Shares, *, party, squarings: int = 5, upper: float | None = None, clamp: bool = True) -> Shares:
     """e^x = p(x / N)^N, N = 2^squarings, p = degree-8 Taylor polynomial of e^t, then `squarings` squarings.
 
-    Method: t = x / N is free (x's ring value read at scale 2^(f + n)); p(t) = sum_{k<=8} t^k / k! in 3 layers
-    (t^2; t^3, t^4; the sum with t^5..t^8 formed inside the last truncation); then n squarings, each one layer, kept
-    at up to 30 fractional bits while the bound e^(upper 2^k / N) allows, the last one truncating to 2^f.
-    (CrypTen/CryptGPU: (1 + x/2^9)^(2^9), 9 squarings, relative error ~ x^2/1024: 0.4% at x = -2, 14% at x = 12.)
+    Method: (clamp=True) x is first clamped to [-2N, upper] with one compare.relu on 2n values (max(x, -2N) =
+    -2N + relu(x + 2N), min(., upper) = . - relu(x - upper)): below -2N the clamped result e^-2N (+- the error
+    bound) is the correctly rounded e^x to within that bound (e^-64 = 1.6e-28); above `upper` e^x is not
+    representable, and relu(x - upper) is handed to the overflow guard (guard.watch: with party.guard enabled a
+    sample is checked and every party raises FixedPointOverflowError); without the guard such elements saturate
+    at e^upper instead of wrapping. Then t = x / N is free (x's ring value read at scale 2^(f + n)); p(t) =
+    sum_{k<=8} t^k / k! in 3 layers (t^2; t^3, t^4; the sum with t^5..t^8 formed inside the last truncation); then
+    n squarings, each one layer, kept at up to 30 fractional bits while the bound e^(upper 2^k / N) allows, the last
+    one truncating to 2^f. (CrypTen/CryptGPU: (1 + x/2^9)^(2^9), 9 squarings, relative error ~ x^2/1024.)
     Taylor polynomials of even degree are positive and p(t) is in [e^-2, 1] on [-2, 0], so p^N decays towards 0 for
-    x down to -2N; further down p grows again: out of range (softmax/sigmoid clamp their input instead).
-    Range: x in [-2N, upper] (defaults: [-64, 12]); upper <= min(15, N) (e^15 ~ 3.3e6 < 2^22; |t| <= 1).
-    Error (defaults): |err| <= 2e-6 for x in [-64, 0]; |err| <= 2e-6 + 1.5e-5 e^x for x in (0, 12] (the coefficients
-    of t^5..t^8 carry few bits, which matters only for positive x). With upper=0 and squarings=3 (sigmoid, tanh:
-    range [-16, 0]) or 4 (softmax: range [-32, 0]): |err| <= 2e-6.
-    Cost: (3 + squarings) layers of n elements: 3 (3 + squarings) rounds, 16 (4 + squarings) bytes per element per
-    party (defaults: 24 rounds, 144 bytes; squarings=3: 18 rounds, 112 bytes). No comparisons, nothing opened.
+    x down to -2N; further down p grows again: clamp=False requires x in [-2N, upper] (the caller's guarantee;
+    softmax, sigmoid and the cross-entropy backward clamp their own inputs).
+    Range: clamp=True: every x with |x| < 2^(62-f) - 2N (e^-2N must be below half an ulp: squarings >= 3 at f <= 20,
+    >= 4 at f = 24, else ValueError); correct for x <= upper, checked above. upper defaults to exp_top(f) =
+    (62 - 2f) ln 2 - 2 ln 1.0625 rounded down to 3 decimals (f = 20: 15.127, e^upper = 3.71e6 < 2^22; f = 16: 20.673;
+    f = 24: 9.582), capped at N; upper <= exp_top(f). clamp=False: x in [-2N, upper] (upper default as above).
+    Error (f = 20, squarings = 5, default upper 15.127): |err| <= 3e-6 for x <= 0 (all x <= 0 with clamp=True: the
+    last squaring keeps 20 fractional bits so that e^15.127 fits; with upper <= 12: 22 bits, 2e-6); |err| <= 2e-6 +
+    1.5e-5 e^x for x in (0, 12] and 2e-6 + 3e-5 e^x for x in (12, upper] (the coefficients of t^5..t^8 carry few
+    bits, which matters only for x > 0; the last squarings keep fewer fractional bits near the top).
+    Other f: |err| <= 4 ulp for x <= 0 (ulp = 2^-f; the squarings keep at most 30 bits), + 3e-5 e^x for x > 0
+    (f = 16; f = 24: 5e-5, t being read at 29 bits leaves its coefficients fewer). With upper=0 and squarings=3
+    (sigmoid, tanh: range [-16, 0]) or 4 (softmax: range [-32, 0]): |err| <= 2e-6.
+    Cost: clamp=True: relu(2n) + (3 + squarings) layers: 8 + 3 (3 + squarings) rounds, 16 (4 + squarings) bytes
+    per element per party plus relu(2n) bytes (defaults: 32 rounds, 144 bytes + relu(2n) ~ 104 = ~248 bytes;
+    before the clamp: 24 rounds, 144 bytes, valid on [-64, 12] only). clamp=False: 3 (3 + squarings) rounds and
+    16 (4 + squarings) bytes, no comparison (squarings=3: 18 rounds, 112 bytes). Nothing opened.
     """
     f = party.encoding.frac_bits
+    N = 1 << squarings
+    if upper is None:
+        upper = min(float(N), exp_top(f))
     with party.label("exp"):
+        if clamp:
+            if upper > exp_top(f) or upper > N or not 1 <= squarings <= 9:
+                return _exp(x, f, squarings, upper, f, party=party)     # raises the parameter error
+            if 2 * N < (f + 1) * math.log(2):
+                raise ValueError(f"exp: clamp=True needs e^-2N below half an ulp: squarings={squarings} is too few "
+                                 f"for frac_bits={f}")
+            x = _clamp_exp_input(x, -2.0 * N, upper, party=party)
         return _exp(x, f, squarings, upper, f, party=party)
 
 
@@ -385,43 +446,160 @@ def _goldschmidt(num: Shares | None, num_scale: int, den: Shares, den_scale: int
     return q
 
 
-def reciprocal(x: Shares, *, party, iterations: int = 4, lo: float = 2.0 ** -10, hi: float = 2.0 ** 16,
+def value_top(f: int) -> float:
+    """2^(62-2f): the largest magnitude a fixed-point value may have and still be multiplied by a value of size ~1
+    (the product's 2f fractional bits stay below truncation's exact range 2^62). f = 20: 2^22 = 4.19e6."""
+    return 2.0 ** (62 - 2 * f)
+
+
+def _recip_lo(f: int) -> float:
+    """The smallest |x| whose reciprocal is representable: max(2^-f, 2^-(62-2f)) (f = 20: 2^-20, every non-zero
+    fixed-point value)."""
+    return 2.0 ** -min(f, 62 - 2 * f)
+
+
+_GUESS_NUM, _GUESS_BITS = 11, 4       # the initial guess 11/16 for 1/m, m in [1, 2): |1 - 11 m / 16| <= 3/8
+_GUESS_EMAX = 0.375
+
+
+def _normalize_signed(y: Shares, lo: float, hi: float, signed: bool, what: str, *, party):
+    """(P, sp, a, b, intervals): P = sign(y) 2^-J at scale 2^sp, exact (sp = max(b - 1, 0)), J = floor(log2 |y|)
+    clipped to [a, b - 1], from ONE compare.ltz on the octave thresholds 2^(a+1) .. 2^(b-1) (and -tau, [y < 0] if
+    signed)."""
+    f = party.encoding.frac_bits
+    a, b = _octaves(lo, hi, what)
+    iv = _intervals(y, f, [2.0 ** j for j in range(a + 1, b)], signed, party=party)
+    sp = max(b - 1, 0)
+    P = _piecewise(iv, [2.0 ** -j for j in range(a, b)], sp, y.shape, party=party, odd=signed)
+    return P, sp, a, b, iv
+
+
+def _watch_mantissa(m: Shares, ms: int, what: str, lo: float, hi: float, *, party):
+    """m = |y| 2^-J is in [1, 2] exactly when lo <= |y| <= hi (below lo: J = a and m < 1, 0 for y = 0; above hi:
+    J = b - 1 and m > 2; the product y P never wraps, so m is exact there too)."""
+    _watch(lambda: _add_const(m, -1.5, ms, party=party), 0.5 + 2.0 ** -(ms - 2),
+           f"{what}: |divisor| outside [{lo:.4g}, {hi:.4g}] (zero, or its reciprocal is not representable)",
+           party=party, scale_bits=ms)
+
+
+def _recip_chain(q: Shares | None, qs: int, e: Shares, es: int, iterations: int, out_scale: int, q_bound: float,
+                 *, party) -> Shares:
+    """Goldschmidt: q <- q (1 + e), e <- e^2 (one layer each iteration), from q (None: the public guess 11/16, so
+    q_1 = 11/16 (1 + e0) is local and is truncated in the layer of e_1). Returns q_K at out_scale."""
+    one = _ring(_int(1.0, es), party=party)
+    e_sq = lambda: _Item(square_additive(e), 2 * es, es, _GUESS_EMAX ** 2)  # noqa: E731
+    for k in range(iterations):
+        last = k == iterations - 1
+        if q is None:                          # q_0 public: q_1 = 11 (1 + e_0) at scale es + 4, exact
+            z = mul_int(add_public(e, one, party=party), _GUESS_NUM).cur
+            q_item = _Item(z, es + _GUESS_BITS, out_scale if last else qs, q_bound)
+        else:
+            q_item = _Item(product_additive(q, add_public(e, one, party=party)), qs + es, out_scale if last else qs,
+                           q_bound)
+        if last:
+            (q,) = _layer([q_item], party=party)
+        else:
+            q, e = _layer([q_item, e_sq()], party=party)
+    return q
+
+
+def reciprocal(x: Shares, *, party, iterations: int = 4, lo: float | None = None, hi: float | None = None,
                positive: bool = False) -> Shares:
-    """1 / x by Goldschmidt's iteration (Newton's, unrolled so both updates share a layer) from an interval guess.
+    """1 / x by normalisation x = sign 2^J m (m in [1, 2)), Goldschmidt's iteration on 1/m, and the exact 2^-J.
 
-    Method: one batched compare.ltz locates |x| in the octaves [2^j, 2^(j+1)) of [lo, hi]; the initial guess
-    p0 = (2/3) 2^-j (sign(x) unless positive) is a local combination of those bits, |1 - x p0| <= 1/3. Then
-    e0 = 1 - x p0 (layer 1) and K = `iterations` layers of q <- q (1 + e), e <- e^2 (one truncation each):
-    q_K = (1/x)(1 - e0^(2^K)); the guess's rounding cancels (it is in both chains).
-    Range: lo <= |x| <= hi, lo and hi powers of two (default [2^-10, 2^16]); x > 0 if positive=True (the sign
-    comparisons are then skipped). Outside the range the guess is off by more than the iterations can correct.
-    Error (defaults): |err| <= 2e-6 + 1e-7 |1/x| (e0^16 <= 2.3e-8 plus one truncation per layer).
-    Cost: ltz(R n), R = K (positive) or 2K + 1 (signed) with K = log2(hi/lo) - 1 thresholds (defaults: 51, or 25),
-    then (iterations + 1) layers of n, 2n, ..., 2n, n: 8 + 3 (iterations + 1) rounds (defaults: 23) and
-    32 iterations = 128 bytes per element per party plus the ltz bytes. Nothing opened.
-    """
-    with party.label("reciprocal"):
-        return _goldschmidt(None, party.encoding.frac_bits, x, party.encoding.frac_bits, party=party, lo=lo, hi=hi,
-                            steps=1, iterations=iterations, signed=not positive, qmax=1.0 / lo, what="reciprocal")
-
-
-def div(x: Shares, y: Shares, *, party, iterations: int = 4, lo: float = 2.0 ** -10, hi: float = 2.0 ** 16,
-        positive: bool = False, max_quotient: float = 2.0 ** 16) -> Shares:
-    """x / y (broadcasting), fused: the numerator rides along Goldschmidt's chain instead of a final product.
-
-    Method: as reciprocal(y), with q0 = x p0 computed in layer 1 next to e0 = 1 - y p0, so x / y costs the same
-    number of rounds as 1 / y (no extra multiplication at the end).
-    Range: lo <= |y| <= hi (powers of two; y > 0 if positive=True), |x / y| <= max_quotient (default 2^16; a
-    larger bound leaves fewer fractional bits to the chains, raising ValueError when below f + 1).
-    Error (defaults): |err| <= 2e-6 + 1e-6 |x/y|.
-    Cost: ltz(R numel(y)) as reciprocal, then iterations + 1 layers: 8 + 3 (iterations + 1) rounds (defaults: 23);
-    16 (iterations (numel(x/y) + numel(y)) + numel(x/y)) bytes per party (same shapes: 144 per element) plus the
-    ltz bytes. Nothing opened.
+    Method: one batched compare.ltz locates |x| in the octaves [2^j, 2^(j+1)) of [lo, hi]; P = sign(x) 2^-J is a
+    local combination of those bits, exact (a power of two at scale 2^(log2 hi - 1)). Layer 1: m = x P in [1, 2).
+    e0 = 1 - 11 m / 16 (|e0| <= 3/8) and q1 = 11/16 (1 + e0) are local (11/16 is a dyadic guess); then
+    q <- q (1 + e), e <- e^2 (one layer each) at 30 fractional bits, q_K = (1/m)(1 - e0^(2^K)); last layer: q_K P
+    at scale 2^f. The value 1/m never needs more than 30 bits whatever |x| is, so the range covers every x whose
+    reciprocal is representable.
+    Range: lo <= |x| <= hi, powers of two; defaults lo = max(2^-f, 2^-(62-2f)), hi = 2^(62-2f) (f = 20:
+    [2^-20, 2^22], every non-zero |x| <= 4.19e6); x > 0 if positive=True (no sign comparisons). Outside [lo, hi]
+    (0 included) m leaves [1, 2]: m - 3/2 goes to the overflow guard (guard.watch; with party.guard enabled every
+    party raises FixedPointOverflowError).
+    Error (f = 20, defaults): |err| <= 2e-6 + 7e-7 |1/x|: the last layer multiplies 1/m, kept at fr = 22 fractional
+    bits (relative 2^(1-fr) = 4.8e-7), by sign 2^-J at sr = min(log2 hi - 1, f - 1) bits (rounded, <= 1 ulp, only
+    where 2^-J < 2^(1-f)), plus its own truncation (1 ulp) and 0.375^16 = 1.5e-7 from the iteration. Other f:
+    |err| <= 2 ulp + (2^(1-fr) + 2e-7) |1/x|, fr = min(30, floor(62 - log2(1/lo)) - 1 - sr) (f = 16: 17, f = 24: 30).
+    Cost: ltz(R n), R = K (positive) or 2K + 1 (signed), K = log2(hi/lo) - 1 thresholds (defaults, f = 20: 41 or
+    83; before: [2^-10, 2^16], 25 or 51), then iterations + 2 layers of n, 2n, 2n, 2n, n, n: 8 + 3 (iterations + 2)
+    rounds (defaults: 26; before: 23) and 16 (2 iterations + 1) = 144 bytes per element per party (before: 128) plus
+    the ltz bytes. Nothing opened.
     """
     f = party.encoding.frac_bits
+    lo = _recip_lo(f) if lo is None else lo
+    hi = value_top(f) if hi is None else hi
+    if iterations < 2:
+        raise ValueError("reciprocal: iterations must be >= 2")
+    with party.label("reciprocal"):
+        _octaves(lo, hi, "reciprocal")
+        a, b = _octaves(lo, hi, "reciprocal")
+        # the final factor sign 2^-J at scale 2^sr, sr <= f - 1: rounded there (|error| <= 2^-f q, q <= 1) when
+        # 2^-J < 2^-(f-1), i.e. for outputs below 2 ulp; fewer bits in it leave more to 1/m (fr)
+        sr = min(max(b - 1, 0), f - 1)
+        fr = min(MAX_SCALE, _max_scale(1.0 / lo * (1 + 2.0 ** -10)) - sr)
+        if fr < f:
+            raise ValueError(f"reciprocal: the range [{lo}, {hi}] is too wide for frac_bits={f}")
+        P, sp, a, b, iv = _normalize_signed(x, lo, hi, not positive, "reciprocal", party=party)
+        R = P if sr == sp else _piecewise(iv, [2.0 ** -j for j in range(a, b)], sr, x.shape, party=party,
+                                          odd=not positive)
+        qs = es = MAX_SCALE                  # 1/m <= 1 and e <= 3/8: 30 fractional bits each
+        ms = es - _GUESS_BITS                # 11 m read at scale es
+        (m,) = _layer([_Item(product_additive(x, P), f + sp, ms, 2.0)], party=party)
+        _watch_mantissa(m, ms, "reciprocal", lo, hi, party=party)
+        e = _add_const(-mul_int(m, _GUESS_NUM), 1.0, es, party=party)
+        q = _recip_chain(None, qs, e, es, iterations, fr, 1.0 + 2.0 ** -10, party=party)
+        (out,) = _layer([_Item(product_additive(q, R), fr + sr, f, 1.0 / lo * (1 + 2.0 ** -10))], party=party)
+        return out
+
+
+def div(x: Shares, y: Shares, *, party, iterations: int = 4, lo: float | None = None, hi: float | None = None,
+        positive: bool = False, max_quotient: float = 2.0 ** 16) -> Shares:
+    """x / y (broadcasting): normalise y = sign 2^J m, then (x sign 2^-J) / m by Goldschmidt's fused division.
+
+    Method: one ltz locates |y| in the octaves of [lo, hi] (as reciprocal); the guess p0 = 11/16 sign(y) 2^-J is
+    local and exact (a dyadic at scale 2^(log2 hi + 3)), |e0| = |1 - y p0| <= 3/8. Layer 1: e0 = 1 - y p0 and
+    q0 = x p0; then `iterations` layers of q <- q (1 + e), e <- e^2, the last one truncating q to 2^f:
+    q_K = (x/y)(1 - e0^(2^K)).
+    Range: lo <= |y| <= hi (powers of two; defaults as reciprocal: f = 20: [2^-20, 2^22]; y > 0 if positive=True)
+    and |x / y| <= max_quotient (default 2^16, the most that f = 20 and hi = 2^22 allow: f + log2(hi) + 3 bits of
+    the guess must fit beside it, ValueError otherwise). |y| outside [lo, hi] (0 included: y p0 is then outside
+    [11/16, 11/8]; y p0 does not wrap for |y| < 2^(58-f)) and |q0| > 1.375 max_quotient go to the overflow guard
+    (guard.watch). q0 = x p0 is exact while |x/y| < 2^(61-f-log2(hi)-3) (f = 20: about 2^17); beyond that x p0
+    wraps and the check of the quotient bound is only probabilistic.
+    Error (f = 20, defaults): |err| <= 2e-6 + 1e-6 |x/y|. Other f: 2 ulp + 2^(3-min(qs, es)) |x/y|, from the
+    chain scales qs, es below.
+    Cost: ltz(R numel(y)) as reciprocal (defaults, f = 20: R = 83; before: 51), then iterations + 1 layers of 2n,
+    2n, 2n, 2n, n: 8 + 3 (iterations + 1) rounds (defaults: 23, as before) and 144 bytes per element per party (as
+    before) plus the ltz bytes. Nothing opened.
+    """
+    f = party.encoding.frac_bits
+    lo = _recip_lo(f) if lo is None else lo
+    hi = value_top(f) if hi is None else hi
     with party.label("div"):
-        return _goldschmidt(x, f, y, f, party=party, lo=lo, hi=hi, steps=1, iterations=iterations,
-                            signed=not positive, qmax=max_quotient, what="div")
+        a, b = _octaves(lo, hi, "div")
+        sp = max(b - 1, 0)
+        q_bound = max_quotient * (1 + _GUESS_EMAX)
+        budget = _max_scale(q_bound * (1 + _GUESS_EMAX))
+        es = min(MAX_SCALE, (budget + 1) // 2)
+        qs = min(40, budget - es)
+        if qs < f + 1:
+            raise ValueError(f"div: the quotient bound {max_quotient:.4g} leaves too few fractional bits; lower it")
+        if f + sp + _GUESS_BITS > _max_scale(q_bound):
+            raise ValueError(f"div: the quotient bound {max_quotient:.4g} is too large for hi={hi} (x 2^-J would "
+                             f"not fit the ring); lower it or hi")
+        P, sp, a, b, _ = _normalize_signed(y, lo, hi, not positive, "div", party=party)
+        p0 = mul_int(P, _GUESS_NUM)          # 11/16 sign 2^-J at scale 2^(sp + 4): exact
+        t, q = _layer([_Item(product_additive(y, p0), f + sp + _GUESS_BITS, es, 1.0 + _GUESS_EMAX),
+                       _Item(product_additive(x, p0), f + sp + _GUESS_BITS, qs, q_bound)], party=party)
+        # t = 11 m / 16 is in [11/16, 11/8] exactly when lo <= |y| <= hi (m = |y| 2^-J; y P never wraps)
+        _watch(lambda: _add_const(t, -33.0 / 32, es, party=party), 11.0 / 32 + 2.0 ** -(es - 2),
+               f"div: |divisor| outside [{lo:.4g}, {hi:.4g}] (zero, or its reciprocal is not representable)",
+               party=party, scale_bits=es)
+        _watch(lambda: q, q_bound, f"div: |x / y| above max_quotient={max_quotient:.4g}", party=party,
+               scale_bits=qs)
+        e = _add_const(-t, 1.0, es, party=party)
+        return _recip_chain(q, qs, e, es, iterations, f, q_bound, party=party)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -462,10 +640,12 @@ def _normalize(x: Shares, x_scale: int, a: int, b: int, m_scale: int, *, party, 
 
 def _mantissa_poly(m: Shares, m_scale: int, name: str, *, party, out_scale: int, out_range: tuple,
                    abs_bits: int) -> Shares:
-    """name(m) for m in [1, 2) by the degree-8 Chebyshev interpolant in u = 2m - 3 (3 layers)."""
+    """name(m) for m in [1, 2) by the degree-8 Chebyshev interpolant in u = 2m - 3 (3 layers). The powers' accuracy
+    is capped at 2^-24: with f = 24 they would be held at ~30 bits, leaving the coefficients of u^5..u^8 (formed
+    inside one 62-bit truncation) ~3 bits (50 ulp errors); the interpolants' own errors are 5e-9..6e-8 anyway."""
     u = _add_const(mul_int(m, 2), -3.0, m_scale, party=party)
     return _poly(u, m_scale, 1.0, _chebyshev_monomial(name, 8), party=party, out_scale=out_scale,
-                 out_range=out_range, abs_bits=abs_bits)
+                 out_range=out_range, abs_bits=min(abs_bits, 24))
 
 
 def _log(x: Shares, x_scale: int, lo: float, hi: float, *, party) -> Shares:
@@ -477,21 +657,36 @@ def _log(x: Shares, x_scale: int, lo: float, hi: float, *, party) -> Shares:
     return poly + j_ln2
 
 
-def log(x: Shares, *, party, lo: float | None = None, hi: float = 2.0 ** 16) -> Shares:
+def _watch_domain(x: Shares, lo: float, hi: float, what: str, *, party) -> None:
+    """Hand 2x - (lo + hi) to the overflow guard with limit hi - lo + ulp: |.| < limit exactly when lo <= x <= hi
+    (x at scale 2^f; no comparison here, none at all without party.guard)."""
+    f = party.encoding.frac_bits
+    c = _int(lo, f, "domain") + _int(hi, f, "domain")
+    _watch(lambda: add_public(mul_int(x, 2), _ring(-c, party=party), party=party), hi - lo + 2.0 ** -f,
+           f"{what}: input outside [{lo:.4g}, {hi:.4g}]", party=party)
+
+
+def log(x: Shares, *, party, lo: float | None = None, hi: float | None = None) -> Shares:
     """Natural log by normalisation: x = 2^J m, log x = J ln 2 + log m, log m a degree-8 polynomial on [1, 2).
 
     Method: one batched ltz gives the octave J of x; layer 1: m = x 2^-J (2^-J is local from the bits) and J ln 2
     (formed at 2^(f+36) before that layer's truncation, so ln 2 is not rounded to f bits); u = 2m - 3; log m by the
     degree-8 Chebyshev interpolant in u (approximation error 4e-8) in 3 layers. (CrypTen: Householder iterations
     on exp, each needing an exp.)
-    Range: lo <= x <= hi, powers of two; lo defaults to 2^-f (every positive fixed-point value), hi to 2^16.
-    Error (defaults): |err| <= 2.5e-6 on the whole range (two truncations to 2^f, plus 4e-8).
-    Cost: ltz(K n), K = log2(hi/lo) - 1 (defaults: 35), + 4 layers of 2n, n, 2n, n: 8 + 12 = 20 rounds; 96 bytes
-    per element per party plus the ltz bytes. Nothing opened.
+    Range: lo <= x <= hi, powers of two; lo defaults to 2^-f (every positive fixed-point value), hi to
+    2^(62-2f) (f = 20: 2^22 = 4.19e6; before: 2^16). x outside [lo, hi] (x <= 0 included) goes to the overflow guard
+    (guard.watch on 2x - (lo + hi): with party.guard enabled every party raises FixedPointOverflowError).
+    Error (defaults): |err| <= 2.5e-6 on the whole range (two truncations to 2^f, plus 4e-8); other f: 3 ulp.
+    Cost: ltz(K n), K = log2(hi/lo) - 1 (defaults, f = 20: 41; before: 35), + 4 layers of 2n, n, 2n, n: 8 + 12 =
+    20 rounds; 96 bytes per element per party plus the ltz bytes. Nothing opened.
     """
     f = party.encoding.frac_bits
+    lo = 2.0 ** -f if lo is None else lo
+    hi = value_top(f) if hi is None else hi
+    _octaves(lo, hi, "log")
     with party.label("log"):
-        return _log(x, f, 2.0 ** -f if lo is None else lo, hi, party=party)
+        _watch_domain(x, lo, hi, "log", party=party)
+        return _log(x, f, lo, hi, party=party)
 
 
 def _root(x: Shares, lo: float, hi: float, power: float, *, party) -> Shares:
@@ -500,7 +695,9 @@ def _root(x: Shares, lo: float, hi: float, power: float, *, party) -> Shares:
     name = "rsqrt" if power < 0 else "sqrt"
     a, b = _octaves(lo, hi, name)
     zero_below = power > 0
-    m_scale = min(MAX_SCALE, f + 4)
+    # m and r = m^(+-1/2) carry max(f, 20) + 3 bits: the output is r times up to 2^(31-f) (sqrt, f = 16: 2^15), so
+    # r's precision is relative, and f + 3 bits would leave 2^-19 of it at f = 16
+    m_scale = min(MAX_SCALE, max(f, 20) + 4)
     m, m_scale, iv, js, _ = _normalize(x, f, a, b, m_scale, party=party, zero_below=zero_below)
     r_values = [0.0 if j is None else 2.0 ** (power * j) for j in js]
     r_max = max(r_values)
@@ -508,43 +705,56 @@ def _root(x: Shares, lo: float, hi: float, power: float, *, party) -> Shares:
     budget = _max_scale(r_max * r_poly_max)
     sr = f + 2
     fr = min(MAX_SCALE, budget - sr)
-    if fr < f:
+    if fr < f - 2:   # r <= sqrt 2 carries fr bits: relative 2^-fr of the output (f = 24, [2^-24, 2^14]: fr = 23)
         raise ValueError(f"{name}: the range [{lo}, {hi}] is too wide for frac_bits={f}")
     r_range = (2.0 ** -0.5, 1.0) if power < 0 else (1.0, 2.0 ** 0.5)
-    r = _mantissa_poly(m, m_scale, name, party=party, out_scale=fr, out_range=r_range, abs_bits=f + 3)
+    r = _mantissa_poly(m, m_scale, name, party=party, out_scale=fr, out_range=r_range, abs_bits=max(f, 20) + 3)
     rj = _piecewise(iv, r_values, sr, x.shape, party=party)
     (out,) = _layer([_Item(product_additive(rj, r), sr + fr, f, r_max * r_poly_max)], party=party)
     return out
 
 
-def rsqrt(x: Shares, *, party, lo: float = 2.0 ** -16, hi: float = 2.0 ** 16) -> Shares:
+def rsqrt(x: Shares, *, party, lo: float | None = None, hi: float | None = None) -> Shares:
     """1 / sqrt(x) = 2^(-J/2) m^(-1/2) with x = 2^J m, m in [1, 2).
 
     Method: one ltz gives J; m = x 2^-J (layer 1); m^(-1/2) by its degree-8 Chebyshev interpolant in u = 2m - 3
     (3 layers, error 6e-8); times the piecewise constant 2^(-J/2), local from the bits (layer 5). (CrypTen:
     exp-based initial guess + Newton iterations.)
-    Range: lo <= x <= hi, powers of two (default [2^-16, 2^16]: 1/sqrt(var + eps) for eps >= 1.5e-5).
-    Error (defaults): |err| <= 2e-6 + 1e-7 |out|.
-    Cost: ltz(K n), K = log2(hi/lo) - 1 (defaults: 31), + 5 layers of n, n, 2n, n, n: 8 + 15 = 23 rounds; 96 bytes
-    per element per party plus the ltz bytes. Nothing opened.
+    Range: lo <= x <= hi, powers of two; defaults lo = 2^-f (every positive fixed-point value), hi = 2^(62-2f)
+    (f = 20: [2^-20, 2^22]; before: [2^-16, 2^16]; batch norm passes its own range). x outside [lo, hi] (x <= 0
+    included) goes to the overflow guard (guard.watch on 2x - (lo + hi)).
+    Error (defaults, f = 20): |err| <= 2e-6 + 1e-7 |out|; other f: 2 ulp + 1e-7 |out| (f = 24: 2 ulp + 3e-7 |out|:
+    m^(-1/2) keeps fr = 23 bits).
+    Cost: ltz(K n), K = log2(hi/lo) - 1 (defaults, f = 20: 41; before: 31), + 5 layers of n, n, 2n, n, n: 8 + 15 =
+    23 rounds; 96 bytes per element per party plus the ltz bytes. Nothing opened.
     """
+    f = party.encoding.frac_bits
+    lo = 2.0 ** -f if lo is None else lo
+    hi = value_top(f) if hi is None else hi
+    _octaves(lo, hi, "rsqrt")
     with party.label("rsqrt"):
+        _watch_domain(x, lo, hi, "rsqrt", party=party)
         return _root(x, lo, hi, -0.5, party=party)
 
 
-def sqrt(x: Shares, *, party, lo: float | None = None, hi: float = 2.0 ** 16) -> Shares:
+def sqrt(x: Shares, *, party, lo: float | None = None, hi: float | None = None) -> Shares:
     """sqrt(x) = 2^(J/2) m^(1/2) with x = 2^J m; exactly 0 for x < lo (so sqrt(0) = 0).
 
     Method: as rsqrt (m^(1/2) by a degree-8 polynomial, error 5e-9, times 2^(J/2)), with one more threshold at lo
     itself: below it the piecewise factor is 0.
     Range: 0 <= x <= hi; lo is a power of two defaulting to 2^-f (every positive fixed-point value is >= lo), hi
-    defaults to 2^16. Error (defaults): |err| <= 2e-6 + 1e-7 |out|.
-    Cost: ltz(K n), K = log2(hi/lo) (defaults: 36), + 5 layers: 23 rounds; 96 bytes per element per party plus the
-    ltz bytes. Nothing opened.
+    defaults to 2^(62-2f) (f = 20: 2^22; before: 2^16). x outside [0, hi] (negative included) goes to the overflow
+    guard (guard.watch on 2x - hi). Error (defaults, f = 20): |err| <= 2e-6 + 1e-7 |out|; other f: 2 ulp + 1e-7 |out|.
+    Cost: ltz(K n), K = log2(hi/lo) (defaults, f = 20: 42; before: 36), + 5 layers: 23 rounds; 96 bytes per element
+    per party plus the ltz bytes. Nothing opened.
     """
     f = party.encoding.frac_bits
+    lo = 2.0 ** -f if lo is None else lo
+    hi = value_top(f) if hi is None else hi
+    _octaves(lo, hi, "sqrt")
     with party.label("sqrt"):
-        return _root(x, 2.0 ** -f if lo is None else lo, hi, 0.5, party=party)
+        _watch_domain(x, 0.0, hi, "sqrt", party=party)
+        return _root(x, lo, hi, 0.5, party=party)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -568,7 +778,7 @@ def _half_logistic(x: Shares, *, party) -> tuple[Shares, Shares]:
     z = _exp(-a, f, LOGISTIC_SQUARINGS, 0.0, z_scale, party=party)
     u = _add_const(mul_int(z, 2), -1.0, z_scale, party=party)
     h = _poly(u, z_scale, 1.0, _chebyshev_monomial("recip1p", 8), party=party, out_scale=f, out_range=(0.5, 1.0),
-              abs_bits=f + 3)
+              abs_bits=min(f, 21) + 3)   # capped: see _mantissa_poly (f = 24 would leave u^5..u^8 no coefficient bits)
     return h, s
 
 
@@ -579,7 +789,7 @@ def sigmoid(x: Shares, *, party) -> Shares:
     (exp: Taylor-8 base, 3 squarings: 6 layers), h = 1/(1+z) with z in (0, 1] by a degree-8 polynomial (3 layers,
     error 3e-7), and sigma = h + s (1 - 2h) (ring product with the bit: 1 round, no truncation). Clamping |x| at 16
     changes sigma by at most e^-16 = 1.1e-7 and keeps exp inside its range: valid for every input.
-    Range: all x (|x| < 2^(62-f)/2). Error: |err| <= 2e-6.
+    Range: all x (|x| < 2^(62-f)/2). Error: |err| <= 2e-6 (f = 20, 24; f = 16: 2 ulp).
     Cost: relu(4n) + 9 layers + 1 round: 8 + 27 + 1 = 36 rounds; 16 * 11 + 8 = 184 bytes per element per party
     plus relu(4n) bytes. Nothing opened.
     """

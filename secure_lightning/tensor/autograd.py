@@ -402,7 +402,7 @@ def softmax_from_log_softmax(logp: Shares, *, party) -> Shares:
     """
     floor = L.add_public(compare.relu(L.add_public(logp, LOGP_FLOOR, party=party), party=party)[0],
                          -LOGP_FLOOR, party=party)
-    return approx.exp(floor, party=party, squarings=4, upper=0.0)
+    return approx.exp(floor, party=party, squarings=4, upper=0.0, clamp=False)   # floor is in [-32, ~0] already
 
 
 class CrossEntropyFn(torch.autograd.Function):

@@ -13,7 +13,7 @@ from ..protocols import approx, compare
 from ..protocols import arithmetic as A
 from ..protocols import local as L
 from ..protocols.sharing import Shares
-from .autograd import bits_to_fixed
+from .autograd import bits_to_fixed, softmax_from_log_softmax
 from .dispatch import (
     UnsupportedOpError, advise, aten, implements, implements_function, make_public, party_of, public_value,
     shares_of, wrap,
@@ -286,7 +286,12 @@ def _softmax_backward_data(grad_output, output, dim, input_dtype):
 @implements(aten._log_softmax_backward_data.default)
 def _log_softmax_backward_data(grad_output, output, dim, input_dtype):
     from .ops_reduction import sum_
-    return sub(grad_output, mul(exp(output), sum_(grad_output, [dim], keepdim=True)))
+    party = party_of(grad_output, output)
+    if output.public is not None:
+        sm = make_public(torch.exp(output.public), party)
+    else:   # softmax = exp(max(logp, -32)): logp <= 0 needs no upper clamp (cheaper than the general exp)
+        sm = wrap(softmax_from_log_softmax(output.shares, party=party), party)
+    return sub(grad_output, mul(sm, sum_(grad_output, [dim], keepdim=True)))
 
 
 advise([aten.max_pool2d_with_indices, aten.max_pool2d_with_indices_backward],

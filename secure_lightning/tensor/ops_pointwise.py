@@ -252,7 +252,7 @@ def addcdiv(self, tensor1, tensor2, value=1):
         party = den.party
         shape = torch.broadcast_shapes(num.shape, den.shape)
         q = approx.div(_broadcast(shares_of(num, party), shape), _broadcast(den.shares, shape), party=party,
-                          lo=ADDCDIV_MIN_DIVISOR)
+                          lo=ADDCDIV_MIN_DIVISOR, hi=2.0 ** 16)
         return add(self, wrap(q, party))
     return add(self, div(num, tensor2))
 
