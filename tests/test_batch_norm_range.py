@@ -1,0 +1,136 @@
+"""Batch-norm training statistics at large n and realistic variances, against float64 torch, in three real party
+processes.
+
+A fixed-point product is held at 2f fractional bits before truncation, and truncation is exact only below 2^62: a sum
+of products over a whole channel overflows once it exceeds 2^(62 - 2f) (4.2e6 for f = 20). Here n * var is far past
+that (fast: 2^17 * 100 = 1.3e7; slow: 1.6e6 * 100 = 1.6e8), so a per-channel sum of squares truncated once would be
+off by about 2^22 on some channels. Channel c has std 10^(c/3.5 - 1) (0.1 ... 10) and mean in [-5, 5].
+
+Each party builds the same input from a public seed (test data only); party 0 shares it (and the weights) and
+compares the opened results with F.batch_norm in float64 on the same encoded values.
+
+Tolerances (f = 20, ulp = 2^-20): y = (x - mean) * w / sqrt(var + eps) + b.
+  * 1/sqrt(var + eps) is approx.rsqrt on 64 (var + eps) at scale f: <= ~2 ulp absolute on an output of
+    1 / (8 std), i.e. a relative error of about 16 std ulp (1.5e-4 at std 10) once multiplied back by 8;
+    the statistics add < 1e-6 relative (see tensor/batch_norm.py). So |y - y_ref| <= |w| |x_hat| 2e-4 + 4e-5.
+  * running mean / var: the statistics' errors, < 1e-5 relative plus a few ulp.
+  * gradients: relative to each tensor's largest element, 2e-3 (the dx terms s g and s x_hat mean(g x_hat) carry
+    the same 1.5e-4 relative error of s, and per-channel means of gradients a few ulp).
+"""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-5
+
+
+def _data(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    c = shape[1]
+    std = torch.tensor([10.0 ** (k * 2.0 / (c - 1) - 1.0) for k in range(c)], dtype=torch.float64)
+    mean = torch.linspace(-5.0, 5.0, c, dtype=torch.float64)
+    view = [1, c] + [1] * (len(shape) - 2)
+    x = torch.randn(shape, generator=g, dtype=torch.float32).to(torch.float64)
+    x.mul_(std.view(view)).add_(mean.view(view))
+    w = torch.linspace(0.5, 1.5, c, dtype=torch.float64)
+    b = torch.linspace(-1.0, 1.0, c, dtype=torch.float64)
+    return x, w, b
+
+
+def _encoded(party, x):
+    return party.encoding.decode(party.encoding.encode(x)).to(torch.float64)
+
+
+def _open(t):
+    from secure_lightning.protocols import sharing as S
+    from secure_lightning.tensor.dispatch import shares_of
+    return S.reveal_float(shares_of(t, t.party), None, party=t.party).to(torch.float64)
+
+
+def _forward(party, shape, seed):
+    from secure_lightning.tensor import share_tensor
+    x, w, b = _data(shape, seed)
+    own = party.rank == 0
+    xs = share_tensor(x if own else None, 0, party)
+    ws, bs = share_tensor(w if own else None, 0, party), share_tensor(b if own else None, 0, party)
+    c = shape[1]
+    rm = share_tensor(torch.zeros(c) if own else None, 0, party)
+    rv = share_tensor(torch.ones(c) if own else None, 0, party)
+    with party.comm.cost() as cost:
+        y = F.batch_norm(xs, rm, rv, ws, bs, training=True, momentum=0.1, eps=EPS)
+    del xs
+    y, rm, rv = _open(y), _open(rm), _open(rv)
+    if not own:
+        return None
+    xe = _encoded(party, x)
+    del x
+    rmr, rvr = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    yr = F.batch_norm(xe, rmr, rvr, _encoded(party, w), _encoded(party, b), True, 0.1, EPS)
+    dims = [0] + list(range(2, len(shape)))
+    xhat_abs = ((yr - _encoded(party, b).view(1, c, *[1] * (len(shape) - 2))).abs()
+                / _encoded(party, w).view(1, c, *[1] * (len(shape) - 2)))
+    err = (y - yr).abs()
+    bound = (2e-4 * xhat_abs * w.view(1, c, *[1] * (len(shape) - 2)) + 4e-5)
+    per_channel = err.amax(dim=dims).tolist()
+    ok = bool((err <= bound).all())
+    del xe, yr
+    return {"y_err": per_channel, "y_ok": ok, "y_worst_ratio": float((err / bound).max()),
+            "rm_err": (rm - rmr).abs().max().item(), "rv_rel": ((rv - rvr).abs() / rvr).max().item(),
+            "rounds": cost.total.rounds, "bytes": cost.total.bytes, "n": math.prod(shape) // c}
+
+
+def _check_forward(parties, shape, seed):
+    out = parties.run(_forward, shape, seed)[0]
+    msg = f"per-channel max |y - y_ref| = {[f'{e:.2g}' for e in out['y_err']]}"
+    assert out["y_ok"], msg + f"; worst err/bound = {out['y_worst_ratio']:.3g}"
+    assert out["rm_err"] < 1e-4, out["rm_err"]        # means up to 5: 1e-5 relative
+    assert out["rv_rel"] < 2e-5, out["rv_rel"]
+    return out
+
+
+def test_batch_norm_train_forward_large_n_var(parties):
+    """(32, 8, 64, 64): n = 2^17 per channel, n var up to 1.3e7 (past 2^22)."""
+    out = _check_forward(parties, (32, 8, 64, 64), 101)
+    assert out["n"] == 2 ** 17
+
+
+@pytest.mark.slow
+def test_batch_norm_train_forward_imagenet_stem(parties):
+    """(128, 8, 112, 112): n = 128 * 112 * 112 = 1,605,632 per channel (not a power of two), std up to 10."""
+    _check_forward(parties, (128, 8, 112, 112), 102)
+
+
+def _backward(party, shape, seed):
+    from secure_lightning.tensor import share_tensor
+    x, w, b = _data(shape, seed)
+    v = torch.randn(shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    own = party.rank == 0
+    xs = share_tensor(x if own else None, 0, party, requires_grad=True)
+    ws = share_tensor(w if own else None, 0, party, requires_grad=True)
+    bs = share_tensor(b if own else None, 0, party, requires_grad=True)
+    vs = share_tensor(v if party.rank == 1 else None, 1, party)
+    y = F.batch_norm(xs, None, None, ws, bs, training=True, momentum=0.1, eps=EPS)
+    # g = v + y: a random gradient plus one correlated with x_hat (mean(g x_hat) of order 1)
+    loss = (y * (vs + y.detach())).sum()
+    with party.comm.cost() as cost:
+        loss.backward()
+    gx, gw, gb = _open(xs.grad), _open(ws.grad), _open(bs.grad)
+    if not own:
+        return None
+    xr = _encoded(party, x).requires_grad_()
+    wr, br = _encoded(party, w).requires_grad_(), _encoded(party, b).requires_grad_()
+    yr = F.batch_norm(xr, None, None, wr, br, True, 0.1, EPS)
+    yr.backward(_encoded(party, v) + yr.detach())
+    rel = {k: ((got - want.grad).abs().max() / want.grad.abs().max()).item()
+           for k, got, want in (("x", gx, xr), ("w", gw, wr), ("b", gb, br))}
+    return rel, cost.total.rounds, cost.total.bytes
+
+
+def test_batch_norm_train_backward_large_n(parties):
+    """(16, 4, 128, 128): n = 2^18 per channel, std 0.1 ... 10; the gradient is random plus y itself, so the
+    per-channel sums sum(g x_hat) are of order n (2.6e5) and sum(g xc) of order n std."""
+    rel, rounds, nbytes = parties.run(_backward, (16, 4, 128, 128), 103)[0]
+    for k, r in rel.items():
+        assert r < 2e-3, (k, r)
