@@ -94,6 +94,11 @@ def test_batch_norm_train_forward_large_n_var(parties):
     """(32, 8, 64, 64): n = 2^17 per channel, n var up to 1.3e7 (past 2^22)."""
     out = _check_forward(parties, (32, 8, 64, 64), 101)
     assert out["n"] == 2 ** 17
+    # 12 (statistics) + 23 (rsqrt) + 3 (s = w inv and the running statistics) + 3 (y); the old code had 44
+    assert out["rounds"] == 41
+    # per element: 16 for y = xc s, 16/256 for the chunk sums of squares, plus per-channel terms (rsqrt ~ 10 KB)
+    per_element = out["bytes"] / (out["n"] * 8)
+    assert 16 + 16 / 256 <= per_element < 16 + 16 / 256 + 0.02, per_element
 
 
 @pytest.mark.slow
@@ -134,3 +139,36 @@ def test_batch_norm_train_backward_large_n(parties):
     rel, rounds, nbytes = parties.run(_backward, (16, 4, 128, 128), 103)[0]
     for k, r in rel.items():
         assert r < 2e-3, (k, r)
+    # 5 truncation layers as before; bytes: 2 products on activations (32) + chunk sums of g xc (16 / 256)
+    assert rounds == 15
+    assert 32 + 16 / 256 <= nbytes / (16 * 4 * 128 * 128) < 32 + 16 / 256 + 0.01
+
+
+VARS = [0.0, 1e-4, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 6.5e4]
+
+
+def _rsqrt_range(party, var):
+    from secure_lightning.protocols import sharing as S
+    from secure_lightning.tensor.autograd import _rsqrt_eps
+    from secure_lightning.tensor.batch_norm import VAR_SCALE
+    v = S.share(var * VAR_SCALE if party.rank == 0 else None, 0, party=party)
+    with party.comm.cost() as cost:
+        inv = _rsqrt_eps(v, EPS, party, scale=VAR_SCALE)
+    return S.reveal_float(inv, None, party=party).to(torch.float64), cost.total.rounds
+
+
+def test_batch_norm_rsqrt_covers_the_variance_range(parties):
+    """1/sqrt(var + eps) for var from 0 to 6.5e4 (std 255; train_stats keeps var < 2^14 at f = 20, rsqrt's range
+    on 64 (var + eps) ends at 2^22, i.e. var < 2^16). Relative error bound (ulp = 2^-20):
+      * approx.rsqrt's ~2 ulp on its output 1 / (8 std), multiplied back by 8: ~16 std ulp (1.5e-4 at std 10,
+        measured 6e-5); the bound allows 24 std ulp;
+      * the input's resolution, 64 (var + eps) at scale f: ulp / (128 (var + eps)) (7.5e-4 for var = 0, eps = 1e-5,
+        measured 7e-5);
+      * 2e-6 for the rest (rsqrt's polynomial, 1e-7)."""
+    var = torch.tensor(VARS, dtype=torch.float64)
+    inv, rounds = parties.run(_rsqrt_range, var)[0]
+    want = 1.0 / torch.sqrt(var + EPS)
+    rel = ((inv - want).abs() / want)
+    bound = 2e-6 + 2.0 ** -20 * (24 * torch.sqrt(var + EPS) + 1.0 / (128 * (var + EPS)))
+    assert (rel <= bound).all(), list(zip(VARS, rel.tolist(), bound.tolist()))
+    assert rounds == 23

@@ -169,7 +169,7 @@ def stats_plan(n: int, f: int, chunks: int) -> StatsPlan:
     lg = math.log2(n)
     a = _ceil_log2(n)
     # chunk sums < 2^(62 - 2f) bound their average: var + delta^2 < 2^(62 - 2f) K / n; rsqrt bounds var < 2^16
-    v = min(62 - 2 * f + math.log2(chunks / n), VAR_MAX_BITS + math.log2(1.25))
+    v = min(62 - 2 * f + math.log2(chunks / n), VAR_MAX_BITS)
     r1 = max(0, _floor_log2(n) - MEAN_GUARD)
     sigma = f + 2
     d2 = 2 * f - sigma
