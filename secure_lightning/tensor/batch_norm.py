@@ -49,16 +49,17 @@ four truncation layers (12 rounds), every layer per channel except the chunk sum
     running mean within 1e-6 (tests/test_batch_norm_range.py).
 
 Training backward (`train_backward`), dx = s (g - mean(g) - x_hat mean(g x_hat)), dw = sum g x_hat, db = sum g:
-  B0  chunk sums of g xc (scale f) -> T_g = sum g xc; sum g / 2^rg; si = s inv
-  B1  dw = inv T_g; g_bar = mean(g) (pre-divided sum times round(2^(f+rg)/n))
+  B0  chunk sums of g xc (scale f) -> T_g = sum g xc; sum g / 2^rg (rg = floor(log2 n) - 6); si = s inv
+  B1  dw = inv T_g; g_bar = mean(g) at scale f + 6 (pre-divided sum times round(2^(f+6+rg)/n))
   B2  gm = dw / n = mean(g x_hat) (dw times round(2^(f+e)/n), truncated by f + e, e = ceil(log2 n): |dw| < 2^21)
   B3  coef = si gm; s g_bar
   B4  t1 = s g, t2 = coef xc (the two products on activations);  dx = t1 - s g_bar - t2
   Cost: 15 rounds (as before); 32 bytes per element + 16 per chunk (0.0625 per element) + 7 * 16 per channel.
   Range: sum over a chunk of g xc < 2^(62 - 2f) (f = 20, std 10: |g| up to ~100 on average over 256 values);
-  |dw| = |sum g x_hat| < 2^21; |s inv| = |w| / (var + eps) < 2^22 (as before); no per-channel product of n terms.
-  Error: dw: 1 ulp + inv * K ulp (chunks, typically inv sqrt(K) ulp); mean(g) and mean(g x_hat): ~1 ulp (public
-  factors with >= 16 significant bits); dx: those times s, plus s's own relative error (rsqrt's, see above) and
+  |dw| = |sum g x_hat| < 2^21; |s inv| = |w| / (var + eps) < 2^22 (as before); |mean(g)| < 2^15; |coef| =
+  |s inv mean(g x_hat)| < 2^16 (B3 truncates it together with s mean(g) at scale f + 6); no product of n terms.
+  Error: dw: 1 ulp + inv * K ulp (chunks, typically inv sqrt(K) ulp); s mean(g): 1 ulp + |s| 2^-6 ulp (as one
+  product truncated once); mean(g x_hat): 1 ulp (public factor with >= 19 significant bits); dx: those times s, plus s's own relative error (rsqrt's, see above) and
   1 ulp of s inv times |mean(g x_hat)| |xc| (s inv is held at scale f). Measured at n = 2^18, std 0.1 ... 10,
   g = v + y: dx within 4e-6, dw within 3.2e-5, db within 7e-7 of their largest elements.
 Eval backward: B0 chunk sums of g xc and dx = g s; B1 dw = inv T_g. 6 rounds.
@@ -80,6 +81,8 @@ VAR_MAX_BITS = 16       # rsqrt's range: 64 (var + eps) <= 2^22
 MEAN_GUARD = 4          # v1 = sum x / 2^(floor(log2 n) - 4): its truncation costs <= 2^-4 ulp of the mean
 SUM_GUARD = 5           # T' = T / 2^(floor(log2 n) - 5)
 MEAN_MAX_BITS = 14      # |mean| < 2^14 at most (less for large n, see stats_plan)
+GRAD_GUARD = 6          # backward: sum g / 2^(floor(log2 n) - 6)
+GRAD_EXTRA_BITS = 6     # backward: mean(g) held at scale f + 6 (|mean(g)| < 2^15), s mean(g) truncated once
 
 
 def _floor_log2(n: int) -> int:
@@ -261,8 +264,8 @@ def train_backward(g: Shares, xc: Shares, inv: Shares, s: Shares, n: int, *, par
     dw, db of shape (C,). Cost: 15 rounds; 32 bytes per element + 16 per chunk + per channel."""
     f = party.encoding.frac_bits
     c = g.shape[1]
-    rg = min(_floor_log2(n), f)
-    k_bar = round(2.0 ** (f + rg) / n)
+    rg = max(0, min(_floor_log2(n) - GRAD_GUARD, f))      # sum g / 2^rg: its truncation costs <= 2^-6 ulp of mean(g)
+    k_bar = round(2.0 ** (f + GRAD_EXTRA_BITS + rg) / n)  # mean(g) at scale f + 6
     e = _ceil_log2(n)
     k_n = round(2.0 ** (f + e) / n)
 
@@ -275,13 +278,13 @@ def train_backward(g: Shares, xc: Shares, inv: Shares, s: Shares, n: int, *, par
                                (product_additive(s, inv), f)], party=party)
     t_g = chunks.map(lambda t: t.sum(0))
     inv_c = inv.map(lambda t: t.reshape(-1))
-    # B1: dw = inv sum(g xc); mean(g)
+    # B1: dw = inv sum(g xc); mean(g) at scale f + 6
     dw, g_bar = layer([(product_additive(inv_c, t_g), f), (g_pre.cur * k_bar, f)], party=party)
     # B2: mean(g x_hat) = dw / n
     (gm,) = layer([(dw.cur * k_n, f + e)], party=party)
     # B3: coef = s inv mean(g x_hat); s mean(g)
-    coef, sg_bar = layer([(product_additive(si, gm.map(pc)), f), (product_additive(s, g_bar.map(pc)), f)],
-                         party=party)
+    coef, sg_bar = layer([(product_additive(si, gm.map(pc)), f),
+                          (product_additive(s, g_bar.map(pc)), f + GRAD_EXTRA_BITS)], party=party)
     # B4: the two products on activations
     t1, t2 = layer([(product_additive(s, g), f), (product_additive(coef, xc), f)], party=party)
     dx = t1 - sg_bar - t2
