@@ -4,7 +4,8 @@ processes.
 A fixed-point product is held at 2f fractional bits before truncation, and truncation is exact only below 2^62: a sum
 of products over a whole channel overflows once it exceeds 2^(62 - 2f) (4.2e6 for f = 20). Here n * var is far past
 that (small: 2^17 * 100 = 1.3e7; ImageNet stem: 1.6e6 * 100 = 1.6e8): the former single per-channel dot product gave
-outputs off by 4e4 .. 2e5 on the channels with the largest variances. Channel c has std 10^(c/3.5 - 1) (0.1 ... 10) and mean in [-5, 5].
+outputs off by 4e4 .. 2e5 on the channels with the largest variances. Channel c has std 10^(c/3.5 - 1)
+(0.1 ... 10) and mean in [-5, 5].
 
 Each party builds the same input from a public seed (test data only); party 0 shares it (and the weights) and
 compares the opened results with F.batch_norm in float64 on the same encoded values.

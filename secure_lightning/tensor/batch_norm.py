@@ -59,8 +59,9 @@ Training backward (`train_backward`), dx = s (g - mean(g) - x_hat mean(g x_hat))
   |dw| = |sum g x_hat| < 2^21; |s inv| = |w| / (var + eps) < 2^22 (as before); |mean(g)| < 2^15; |coef| =
   |s inv mean(g x_hat)| < 2^16 (B3 truncates it together with s mean(g) at scale f + 6); no product of n terms.
   Error: dw: 1 ulp + inv * K ulp (chunks, typically inv sqrt(K) ulp); s mean(g): 1 ulp + |s| 2^-6 ulp (as one
-  product truncated once); mean(g x_hat): 1 ulp (public factor with >= 19 significant bits); dx: those times s, plus s's own relative error (rsqrt's, see above) and
-  1 ulp of s inv times |mean(g x_hat)| |xc| (s inv is held at scale f). Measured at n = 2^18, std 0.1 ... 10,
+  product truncated once); mean(g x_hat): 1 ulp (public factor with >= 19 significant bits); dx: those times s,
+  plus s's own relative error (rsqrt's, see above) and 1 ulp of s inv times |mean(g x_hat)| |xc| (s inv is held at
+  scale f). Measured at n = 2^18, std 0.1 ... 10,
   g = v + y: dx within 2e-6, dw within 3.3e-5 (inv's relative error), db within 1.2e-6 of their largest elements.
 Eval backward: B0 chunk sums of g xc and dx = g s; B1 dw = inv T_g. 6 rounds.
 """
