@@ -32,6 +32,7 @@ from .dispatch import (
     UnsupportedOpError, assign_inplace, encode, implements_function, is_integral, make_public, party_of,
     public_value, shares_of, wrap,
 )
+from . import batch_norm as BN
 from .ops_pointwise import mul_public_real
 from .shared import SharedTensor, _generation
 
@@ -488,31 +489,21 @@ implements_function(F.nll_loss)(nll_loss)
 # ---------------------------------------------------------------------------------------------------------------------
 # Batch normalization
 
-def channel_dot(a: Shares, b: Shares, *, party) -> Shares:
-    """sum over every dim but 1 of a * b, as shares of shape (1, C, 1, ...): a batched dot product (arithmetic.matmul),
-    so each channel's sum of products is truncated once. More precise than truncating every product (1 ulp per
-    channel instead of ~0.5 ulp per term) and cheaper: 16 bytes per channel. Cost: 3 rounds."""
-    c = a.shape[1]
-    shape = [1, c] + [1] * (len(a.shape) - 2)
-    rows = a.map(lambda t: t.transpose(0, 1).reshape(c, 1, -1))
-    cols = b.map(lambda t: t.transpose(0, 1).reshape(c, -1, 1))
-    return A.matmul(rows, cols, party=party).map(lambda t: t.reshape(shape))
-
-
 class BatchNormFn(torch.autograd.Function):
     """y = (x - mean) * w / sqrt(var + eps) + b over channel dim 1 (n values per channel).
 
-    train: batch mean (sum, one truncation) and biased var = channel_dot(xc, xc) / n; 1/sqrt(var + eps) by
-           approx.rsqrt; running stats updated in place with the unbiased variance.
+    train: mean and 64 var by batch_norm.train_stats (chunked sums of squares, pre-divided sums: exact for n up to
+           2^24 and more, std up to ~100 at f = 20; 12 rounds); 1/sqrt(var + eps) by approx.rsqrt on 64 (var + eps);
+           then ONE truncation for s = w inv and both running-statistics updates (unbiased variance).
     eval:  the running stats (shared buffers; public plain tensors are used directly). inv and s depend only on
            running_var, weight and eps: a caller that keeps them fixed passes them precomputed as `eval_scale`
            (batch_norm_eval_scale; SecureBatchNorm caches them) and the forward is the one product below.
     forward:  y = xc * s + b with s = w inv: one product on activations.
-    backward (train), with gxc = sum(g xc) per channel (channel_dot):
-        dx = s g - (s sum(g)) / n - [(s inv) dw / n] xc;   dw = inv gxc;   db = sum(g)
-      5 layers of products (15 rounds), the 2 on activations in one truncation. Factors are truncated while large
-      (s inv, dw) and divided by n last: per-channel means of gradients are only a few ulp.
-    backward (eval): dx = g s; dw = inv sum(g xc); db = sum(g).
+      Cost (train): 12 (statistics) + 23 (rsqrt) + 3 (s, running stats) + 3 (y) = 41 rounds; 16 bytes per element
+      (the product) + 16 per chunk of 256 elements (0.0625 per element) + per-channel terms.
+    backward (train): batch_norm.train_backward, 5 layers (15 rounds), 32 bytes per element + 16 per chunk:
+        dx = s (g - mean(g) - x_hat mean(g x_hat));   dw = sum g x_hat = inv sum(g xc);   db = sum g
+    backward (eval): dx = g s; dw = inv sum(g xc) (chunked); db = sum g.
     """
 
     @staticmethod
@@ -526,15 +517,24 @@ class BatchNormFn(torch.autograd.Function):
                 if n <= 1:
                     raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got "
                                      f"input of shape {tuple(x.shape)}")
-                mean = L.mean(x.shares, dims, keepdim=True, party=party)
-                xc = x.shares - mean
-                # the variance is held as BN_VAR_SCALE * var: 6 more bits for small variances
-                var_k = mul_public_real(channel_dot(xc, xc, party=party), BN_VAR_SCALE / n, party=party)
-                inv = _rsqrt_eps(var_k, eps, party, scale=BN_VAR_SCALE)
-                if running_mean is not None:
-                    _update_running(running_mean, mean, momentum, 1.0, party)
-                if running_var is not None:
-                    _update_running(running_var, var_k, momentum, n / (n - 1) / BN_VAR_SCALE, party)
+                for buf in (running_mean, running_var):
+                    _check_running(buf)
+                mean, var_k, xc = BN.train_stats(x.shares, party=party)
+                inv = _rsqrt_eps(var_k, eps, party, scale=BN.VAR_SCALE)
+                # one truncation for s = w inv and both running-statistics updates
+                f = party.encoding.frac_bits
+                items, updates = [], []
+                if weight is not None:
+                    items.append((A.product_additive(inv, _stat(weight, stat_shape, party)), f))
+                for buf, stat, factor in ((running_mean, mean, 1.0),
+                                          (running_var, var_k, n / (n - 1) / BN.VAR_SCALE)):
+                    if buf is not None:
+                        items.append(_running_item(buf, stat, momentum, factor, party))
+                        updates.append(buf)
+                outs = BN.layer(items, party=party) if items else []
+                s = outs.pop(0) if weight is not None else inv
+                for buf, new in zip(updates, outs):
+                    assign_inplace(buf, new)
             else:
                 if running_mean is None or running_var is None:
                     raise ValueError("batch_norm in eval mode needs running_mean and running_var")
@@ -542,12 +542,10 @@ class BatchNormFn(torch.autograd.Function):
                 if eval_scale is None:
                     eval_scale = batch_norm_eval_scale(running_var, weight, eps, party=party)
                 inv, s = (v.map(lambda t: t.reshape(stat_shape)) for v in eval_scale)
-            if training:
-                s = inv if weight is None else A.mul(inv, _stat(weight, stat_shape, party), party=party)
             y = A.mul(xc, s, party=party)
             if bias is not None:
                 y = y + _stat(bias, stat_shape, party)
-        ctx.save = (xc, inv, s, training, n, dims, weight is not None, bias is not None)
+        ctx.save = (xc, inv, s, training, n, weight is not None, bias is not None)
         ctx.party = party
         return wrap(y, party)
 
@@ -555,25 +553,15 @@ class BatchNormFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g):
         party = ctx.party
-        xc, inv, s, training, n, dims, has_w, has_b = ctx.save
+        xc, inv, s, training, n, has_w, has_b = ctx.save
         with party.label("batch_norm_backward"):
             gs = _grad_shares(g, party)
-            db = L.sum(gs, dims) if has_b else None
-            gxc = channel_dot(gs, xc, party=party) if (has_w or training) else None
             if training:
-                # keep every factor large before it is truncated: (s inv) dw / n, not s inv^2 (gxc / n)
-                dw, si, sg = mul_batched([(gxc, inv), (s, inv), (s, L.sum(gs, dims, keepdim=True))], party=party)
-                cb = A.mul(si, dw, party=party)
-                both = mul_public_real(L.cat([cb, sg]), 1.0 / n, party=party)  # (2, C, 1, ..): one truncation
-                coef, sgbar = both.map(lambda t: t[:1]), both.map(lambda t: t[1:])
-                t1, t2 = mul_batched([(s, gs), (coef, xc)], party=party)
-                dx = t1 - sgbar - t2
+                dx, dw, db = BN.train_backward(gs, xc, inv, s, n, party=party)
             else:
-                if has_w:
-                    dx, dw = mul_batched([(gs, s), (gxc, inv)], party=party)
-                else:
-                    dx, dw = A.mul(gs, s, party=party), None
+                dx, dw, db = BN.eval_backward(gs, xc, inv, s, party=party, need_dw=has_w)
             dw = dw.map(lambda t: t.reshape(-1)) if has_w else None
+            db = db if has_b else None
         return (wrap(dx, party), None if dw is None else wrap(dw, party),
                 None if db is None else wrap(db, party), None, None, None, None, None, None)
 
@@ -612,13 +600,19 @@ def batch_norm_eval_scale(running_var, weight, eps: float, *, party) -> tuple[Sh
     return inv, A.mul(inv, _stat(weight, (c,), party), party=party)
 
 
-BN_VAR_SCALE = 64  # batch variances are computed as 64 var (|var| < 2^16 keeps 64 var inside rsqrt's range)
 BN_RSQRT_HI = 2.0 ** 22
 
 
 def _rsqrt_eps(v_k: Shares, eps: float, party, scale: int = 1) -> Shares:
     """1/sqrt(var + eps) from v_k = scale * var (scale a power of 4): sqrt(scale) / sqrt(v_k + scale eps), the
-    factor an integer (free). approx.rsqrt runs on [2^floor(log2(scale eps)), 2^22]."""
+    factor an integer (free). approx.rsqrt runs on [2^floor(log2(scale eps)), 2^22].
+
+    Range: batch statistics come with scale = 64, so var < 2^16 (std 256): the training statistics guarantee
+    var < 2^14 for f = 20 (batch_norm.train_stats), running variances up to 2^16 are fine.
+    Error (f = 20, scale 64, measured over var = 0 ... 6.5e4 in tests/test_batch_norm_range.py): relative
+    <= 2e-6 + 2^-20 (16..24 std + 1 / (128 (var + eps))): rsqrt's ~2 ulp on 1 / (8 std), times 8, and the input's
+    resolution (64 (var + eps) at scale f); e.g. 6e-5 at std 10, 1e-7 at std 0.1, 7e-5 for var = 0 (eps = 1e-5).
+    """
     k_eps = scale * eps
     lo = 2.0 ** math.floor(math.log2(k_eps)) if k_eps > 0 else 2.0 ** -16
     r = approx.rsqrt(L.add_public(v_k, k_eps, party=party), party=party, lo=min(lo, 2.0 ** -16),
@@ -633,18 +627,27 @@ def _stat(t, shape, party) -> Shares:
     return shares_of(t, party).map(lambda v: v.reshape(shape))
 
 
-def _update_running(buf, stat: Shares, momentum: float, factor: float, party):
-    """buf <- (1 - m) buf + m * factor * stat, in place (one truncation for both products)."""
-    if not isinstance(buf, SharedTensor):
+def _check_running(buf):
+    if buf is not None and not isinstance(buf, SharedTensor):
         raise UnsupportedOpError("batch_norm training with plain running statistics would write secret batch "
                                  "statistics into a plain buffer; secure the module first (secure_module shares "
                                  "its buffers) or set track_running_stats=False")
-    c_old = encode(torch.tensor(1.0 - momentum), party)
-    c_new = encode(torch.tensor(momentum * factor), party)
-    z = buf.shares.cur * c_old + stat.cur.reshape(buf.shape) * c_new
-    y = A.truncate_additive(z, party.encoding.frac_bits, party=party)
-    A._watch_product(y, "running statistics", party=party)  # overflow guard (protocols/guard.py); free
-    assign_inplace(buf, y)
+
+
+RUNNING_EXTRA_BITS = 6  # momentum * n / (n - 1) / 64 is encoded with up to 6 more bits than f (s = w inv < 2^16)
+
+
+def _running_item(buf, stat: Shares, momentum: float, factor: float, party) -> tuple[torch.Tensor, int]:
+    """(z, d): additive shares z of (1 - m) buf + m * factor * stat at scale f + d, to be truncated by d bits. The
+    factor m * factor (0.1 / 64 for the variance) gets e = min(6, floor(-log2(m factor))) extra bits, so that it is
+    encoded with ~f significant bits (1 / (0.1/64 * 2^20) = 6e-4 relative error otherwise)."""
+    _check_running(buf)
+    f = party.encoding.frac_bits
+    c = momentum * factor
+    e = 0 if c <= 0 else min(RUNNING_EXTRA_BITS, max(0, math.floor(-math.log2(c))))
+    c_old = encode(torch.tensor((1.0 - momentum) * 2.0 ** e), party)
+    c_new = encode(torch.tensor(c * 2.0 ** e), party)
+    return buf.shares.cur * c_old + stat.cur.reshape(buf.shape) * c_new, f + e
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
