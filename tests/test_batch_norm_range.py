@@ -206,3 +206,30 @@ def test_batch_norm_chunk_layouts(parties):
             # s = w / sqrt(var + eps) carries rsqrt's ~16 std ulp relative error (1.5e-4 at std 10, |y| <= ~6)
             tol = 3e-4 * max(1.0, want.abs().max().item()) if name != "y" else 5e-4
             assert err < tol, (shape, name, err)
+
+
+def _beyond_plan(party, std):
+    from secure_lightning.encoding import FixedPointOverflowError
+    from secure_lightning.protocols import guard
+    from secure_lightning.tensor import share_tensor
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 2, 32, 32, generator=g) * std
+    guard.enable(party)
+    try:
+        xs = share_tensor(x if party.rank == 0 else None, 0, party)
+        F.batch_norm(xs, None, None, training=True)
+        guard.check(party=party)
+    except FixedPointOverflowError as e:
+        return str(e)
+    finally:
+        guard.disable(party)
+    return None
+
+
+def test_batch_norm_beyond_its_plan_is_checked(parties):
+    """Chunk sums of (x - m1)^2 must stay below 2^62 before truncation (chunk rms < 2^(27 - f) = 128 at f = 20): data
+    with std 2000 breaks that, and the overflow guard stops all parties naming batch norm (never a wrong output);
+    std 10 passes the same check."""
+    for msg in parties.run(_beyond_plan, 2000.0):
+        assert msg is not None and "batch_norm" in msg, msg
+    assert parties.run(_beyond_plan, 10.0) == [None] * 3
