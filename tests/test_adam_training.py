@@ -9,7 +9,8 @@ Why they hold: each Adam step's update lr u is within ~0.3% of torch's where |g|
 the gradients themselves carry fixed-point noise of ~1 ulp (2^-20 ~ 1e-6); Adam normalises every gradient, so entries
 whose gradients are at the noise level move by up to lr per step in a different direction than in plain training.
 Those entries are few (the digits' border pixels are almost always 0, and exactly-zero inputs give exactly-zero
-gradients), so the tensor norms stay within a few percent (measured values are printed).
+gradients), so the tensor norms stay within ~10% (measured values are printed). At frac_bits = 16 the noise floor is
+16x higher: the loss still holds within 5%, the updates within 50%.
 """
 from __future__ import annotations
 
@@ -78,8 +79,8 @@ def full_loss(model, x) -> float:
         return F.mse_loss(model.decoder(model.encoder(x)), x).item()
 
 
-@pytest.mark.parametrize("optimizer", ["Adam", "AdamW"])
-def test_lit_autoencoder_with_default_adam_matches_plain(tmp_path, optimizer):
+@pytest.mark.parametrize("optimizer,frac_bits", [("Adam", 20), ("AdamW", 20), ("Adam", 16)])
+def test_lit_autoencoder_with_default_adam_matches_plain(tmp_path, optimizer, frac_bits):
     x, y = digits()
     x, y = x[:BATCH * STEPS], y[:BATCH * STEPS]
     loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=False)
@@ -88,7 +89,7 @@ def test_lit_autoencoder_with_default_adam_matches_plain(tmp_path, optimizer):
     init = copy.deepcopy(model.state_dict())
     plain = plain_training(model, loader, STEPS)
 
-    trainer = pl.Trainer(strategy=RSS3PC(), max_steps=STEPS, accelerator="cpu", logger=False,
+    trainer = pl.Trainer(strategy=RSS3PC(frac_bits=frac_bits), max_steps=STEPS, accelerator="cpu", logger=False,
                          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                          num_sanity_val_steps=0, default_root_dir=str(tmp_path))
     trainer.fit(model, loader)
@@ -100,9 +101,11 @@ def test_lit_autoencoder_with_default_adam_matches_plain(tmp_path, optimizer):
         d_plain, d_secure = plain_sd[k] - init[k], secure_sd[k] - init[k]
         ratios[k] = ((d_secure - d_plain).norm() / d_plain.norm()).item()
     l_plain, l_secure = full_loss(plain, x), full_loss(model, x)
-    print(f"{optimizer}: loss plain {l_plain:.5f} secure {l_secure:.5f}; update errors {ratios}")
+    print(f"{optimizer}, f = {frac_bits}: loss plain {l_plain:.5f} secure {l_secure:.5f}; update errors {ratios}")
     assert abs(l_secure - l_plain) <= 0.05 * l_plain, (l_secure, l_plain)
-    assert max(ratios.values()) <= 0.25, ratios
+    # f = 16: gradients carry noise of 2^-16 ~ 1.5e-5, 16x more entries sit at the noise level and Adam normalises
+    # them to full steps: measured update errors up to 0.43 (loss 4% off); f = 20 (the default): up to 0.10
+    assert max(ratios.values()) <= (0.25 if frac_bits >= 20 else 0.5), ratios
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -389,6 +389,18 @@ def exp(x: Shares, *, party, squarings: int = 5, upper: float | None = None, cla
 # ---------------------------------------------------------------------------------------------------------------------
 # Goldschmidt division: reciprocal, div (and softmax's normalisation)
 
+def _chain_scales(qmax: float, e_max: float, f: int, what: str) -> tuple[float, int, int]:
+    """(q_bound, es, qs): the scales of Goldschmidt's error chain e (|e| <= e_max) and quotient chain q (|q| <= qmax),
+    sharing the ring between q (1 + e) products; refuses a bound that leaves q fewer than f + 1 fractional bits."""
+    q_bound = qmax * (1 + e_max)
+    budget = _max_scale(q_bound * (1 + e_max))
+    es = min(MAX_SCALE, (budget + 1) // 2)
+    qs = min(40, budget - es)
+    if qs < f + 1:
+        raise ValueError(f"{what}: the quotient bound {qmax:.4g} leaves too few fractional bits; lower it")
+    return q_bound, es, qs
+
+
 def _goldschmidt(num: Shares | None, num_scale: int, den: Shares, den_scale: int, *, party, lo: float, hi: float,
                  steps: int, iterations: int, signed: bool, qmax: float, what: str) -> Shares:
     """num / den (num None: 1 / den) at scale 2^f.
@@ -411,12 +423,7 @@ def _goldschmidt(num: Shares | None, num_scale: int, den: Shares, den_scale: int
     edges = [lo * r ** i for i in range(m + 1)]
     w = [2.0 / (edges[i] + edges[i + 1]) for i in range(m)]
     e_max = (r - 1) / (r + 1)
-    q_bound = qmax * (1 + e_max)
-    budget = _max_scale(q_bound * (1 + e_max))
-    es = min(MAX_SCALE, (budget + 1) // 2)
-    qs = min(40, budget - es)
-    if qs < f + 1:
-        raise ValueError(f"{what}: the quotient bound {qmax:.4g} leaves too few fractional bits; lower it")
+    q_bound, es, qs = _chain_scales(qmax, e_max, f, what)
     iv = _intervals(den, den_scale, edges[1:-1], signed, party=party)
     e_item = lambda z, s: _Item(z, s, es, 1 + e_max)  # noqa: E731
     if num is None:
@@ -579,12 +586,7 @@ def div(x: Shares, y: Shares, *, party, iterations: int = 4, lo: float | None = 
     with party.label("div"):
         a, b = _octaves(lo, hi, "div")
         sp = max(b - 1, 0)
-        q_bound = max_quotient * (1 + _GUESS_EMAX)
-        budget = _max_scale(q_bound * (1 + _GUESS_EMAX))
-        es = min(MAX_SCALE, (budget + 1) // 2)
-        qs = min(40, budget - es)
-        if qs < f + 1:
-            raise ValueError(f"div: the quotient bound {max_quotient:.4g} leaves too few fractional bits; lower it")
+        q_bound, es, qs = _chain_scales(max_quotient, _GUESS_EMAX, f, "div")
         if f + sp + _GUESS_BITS > _max_scale(q_bound):
             raise ValueError(f"div: the quotient bound {max_quotient:.4g} is too large for hi={hi} (x 2^-J would "
                              f"not fit the ring); lower it or hi")
