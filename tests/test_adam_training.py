@@ -24,18 +24,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from secure_lightning import RSS3PC
+from tests.test_strategy_digits import digits_split
 
 BATCH = 32
 STEPS = 30
-
-
-def digits(seed=0):
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(d.target, dtype=torch.int64)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    return x[perm], y[perm]
 
 
 class LitAutoEncoder(pl.LightningModule):
@@ -79,9 +71,10 @@ def full_loss(model, x) -> float:
         return F.mse_loss(model.decoder(model.encoder(x)), x).item()
 
 
-@pytest.mark.parametrize("optimizer,frac_bits", [("Adam", 20), ("AdamW", 20), ("Adam", 16)])
+@pytest.mark.parametrize("optimizer,frac_bits", [("Adam", 20), ("AdamW", 20),
+                                               pytest.param("Adam", 16, marks=pytest.mark.slow)])
 def test_lit_autoencoder_with_default_adam_matches_plain(tmp_path, optimizer, frac_bits):
-    x, y = digits()
+    (x, y), _ = digits_split()
     x, y = x[:BATCH * STEPS], y[:BATCH * STEPS]
     loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=False)
     torch.manual_seed(0)
@@ -211,9 +204,8 @@ class DigitsCNN(pl.LightningModule):
 def test_small_cnn_with_default_adam_reaches_plain_accuracy(tmp_path):
     """Conv-ReLU-MaxPool-Linear on the digits, Adam() with every default, batch 32, 3 epochs: the secure model's test
     accuracy (from the weights returned to the model owner) within 2 points of the same plain training's."""
-    x, y = digits()
-    x = x.view(-1, 1, 8, 8)
-    (xtr, ytr), (xte, yte) = (x[:1437], y[:1437]), (x[1437:], y[1437:])
+    (xtr, ytr), (xte, yte) = digits_split()
+    xtr, xte = xtr.view(-1, 1, 8, 8), xte.view(-1, 1, 8, 8)
     loader = DataLoader(TensorDataset(xtr, ytr), batch_size=32, shuffle=False)
     torch.manual_seed(0)
     model = DigitsCNN()
