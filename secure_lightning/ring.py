@@ -5,6 +5,7 @@ what the ring needs beyond that: logical shifts, bit slices, and packing of sing
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 BITS = 64
@@ -55,6 +56,8 @@ def bit(x: torch.Tensor, i: int) -> torch.Tensor:
 def pack_bits(b: torch.Tensor) -> torch.Tensor:
     """Pack a tensor of 0/1 values (any integer dtype) into uint8, 8 bits a byte (little-endian bit order)."""
     flat = b.reshape(-1).to(torch.uint8)
+    if flat.device.type == "cpu":
+        return torch.from_numpy(np.packbits(flat.numpy(), bitorder="little"))
     pad = (-flat.numel()) % 8
     if pad:
         flat = torch.cat([flat, flat.new_zeros(pad)])
@@ -64,6 +67,9 @@ def pack_bits(b: torch.Tensor) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, numel: int, dtype: torch.dtype = DTYPE) -> torch.Tensor:
     """Inverse of pack_bits: the first numel bits as a flat tensor of `dtype`."""
+    if packed.device.type == "cpu":
+        bits = torch.from_numpy(np.unpackbits(packed.contiguous().numpy(), count=numel, bitorder="little"))
+        return bits if dtype == torch.uint8 else bits.to(dtype)
     shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
     bits = (packed.view(-1, 1) >> shifts) & 1
     return bits.reshape(-1)[:numel].to(dtype)

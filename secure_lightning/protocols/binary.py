@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple, Sequence
 
+import numpy as np
 import torch
 
 from .. import ring
@@ -133,16 +134,41 @@ def message_nbytes(specs: Sequence[tuple]) -> int:
     return full + ring.packed_nbytes(nbits)
 
 
+FEW_BITS = 4  # up to this many live bits a word, shifts beat converting every word to its 64 bits (numpy)
+
+
+def _bit_columns(flat: torch.Tensor, live: int) -> torch.Tensor:
+    """The live bits of int64 words as uint8 0/1, position-major: bit j of every word, for each live j ascending."""
+    pos = positions(live)
+    if flat.device.type != "cpu" or len(pos) <= FEW_BITS:
+        return torch.cat([torch.bitwise_right_shift(flat, j).bitwise_and(1).to(torch.uint8) for j in pos])
+    bits = np.unpackbits(flat.contiguous().numpy().view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
+    return torch.from_numpy(np.ascontiguousarray(bits[:, pos].T)).reshape(-1)
+
+
+def _words_from_columns(cols: torch.Tensor, n: int, live: int) -> torch.Tensor:
+    """Inverse of _bit_columns for n words: int64 words, zero outside the live bits."""
+    pos = positions(live)
+    if cols.device.type != "cpu" or len(pos) <= FEW_BITS:
+        w = torch.zeros(n, dtype=ring.DTYPE, device=cols.device)
+        for k, j in enumerate(pos):
+            w |= torch.bitwise_left_shift(cols[k * n:(k + 1) * n].to(ring.DTYPE), j)
+        return w
+    full = np.zeros((n, 64), dtype=np.uint8)
+    full[:, pos] = cols.numpy().reshape(len(pos), n).T
+    return torch.from_numpy(np.packbits(full, axis=1, bitorder="little").view(np.int64).reshape(n).copy())
+
+
 def encode_message(fields: Sequence[tuple]) -> torch.Tensor:
-    """Fields `(words int64 tensor, live mask)` -> one uint8 tensor: raw full words first, then packed live bits."""
+    """Fields `(words int64 tensor, live mask)` -> one uint8 tensor: raw full words first, then packed live bits
+    (field by field, live position by position, the bit of every word; 8 bits a byte, little-endian)."""
     raw, cols = [], []
     for t, live in fields:
         flat = t.reshape(-1)
         if live & ALL == ALL:
             raw.append(flat.contiguous().view(torch.uint8))
-        else:
-            for j in positions(live):
-                cols.append(torch.bitwise_right_shift(flat, j).bitwise_and(1).to(torch.uint8))
+        elif live & ALL:
+            cols.append(_bit_columns(flat, live & ALL))
     parts = raw
     if cols:
         parts = parts + [ring.pack_bits(torch.cat(cols))]
@@ -163,17 +189,15 @@ def decode_message(buf: torch.Tensor, specs: Sequence[tuple], device) -> list[to
             off += 8 * n
     nbits = sum(torch.Size(s).numel() * bin(live & ALL).count("1") for s, live in specs if live & ALL != ALL)
     if nbits:
-        bits = ring.unpack_bits(buf[off:], nbits, dtype=ring.DTYPE)
+        bits = ring.unpack_bits(buf[off:], nbits, dtype=torch.uint8)
         pos = 0
         for i, (shape, live) in enumerate(specs):
-            if live & ALL == ALL:
+            if live & ALL == ALL or not live & ALL:
                 continue
             n = torch.Size(shape).numel()
-            w = torch.zeros(n, dtype=ring.DTYPE, device=device)
-            for j in positions(live):
-                w |= torch.bitwise_left_shift(bits[pos:pos + n], j)
-                pos += n
-            out[i] = w.view(shape)
+            k = n * bin(live & ALL).count("1")
+            out[i] = _words_from_columns(bits[pos:pos + k], n, live & ALL).to(device).view(shape)
+            pos += k
     for i, (shape, live) in enumerate(specs):
         if out[i] is None:  # no live bits at all
             out[i] = torch.zeros(shape, dtype=ring.DTYPE, device=device)
