@@ -33,7 +33,8 @@ from .dispatch import (
     public_value, shares_of, wrap,
 )
 from . import batch_norm as BN
-from .ops_pointwise import mul_public_real
+from ..protocols.arithmetic import mul_public_real
+from .functional import bits_to_fixed, softmax_from_log_softmax
 from .shared import SharedTensor, _generation
 
 _HEADER_LEN = 11  # status, dtype code, ndim, up to 8 dims
@@ -148,11 +149,6 @@ def _shared(x, party) -> SharedTensor:
 
 def _grad_shares(g, party) -> Shares:
     return shares_of(g, party)
-
-
-def bits_to_fixed(bits: Shares, *, party) -> Shares:
-    """0/1 ring bits -> fixed-point 0.0/1.0 (times 2^f, a public integer). Cost: 0."""
-    return L.mul_int(bits, party.encoding.scale)
 
 
 def mul_batched(pairs, *, party) -> list:
@@ -390,20 +386,6 @@ def _scale_grad(diff: Shares, g, reduction: str, count: int, *, party) -> Shares
         gs = mul_public_real(gs, 1.0 / div, party=party)
     gs = gs.map(lambda t: t.reshape(-1, 1)) if reduction == "none" else gs
     return A.mul(diff, gs, party=party)
-
-
-LOGP_FLOOR = 32.0  # softmax in backward: exp(max(logp, -32)); e^-32 ~ 1.3e-14 stands for anything smaller
-
-
-def softmax_from_log_softmax(logp: Shares, *, party) -> Shares:
-    """softmax = exp(log_softmax), reusing the forward's log-probabilities instead of a second max tree.
-
-    Cost: relu (8 rounds) + exp with 4 squarings on [-32, 0] (21 rounds). Error: exp's 2e-6 plus e^logp times the
-    error of logp (2.5e-6); probabilities below e^-32 come out as ~e^-32.
-    """
-    floor = L.add_public(compare.relu(L.add_public(logp, LOGP_FLOOR, party=party), party=party)[0],
-                         -LOGP_FLOOR, party=party)
-    return approx.exp(floor, party=party, squarings=4, upper=0.0, clamp=False)   # floor is in [-32, ~0] already
 
 
 class CrossEntropyFn(torch.autograd.Function):

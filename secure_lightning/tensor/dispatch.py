@@ -24,7 +24,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from ..protocols.sharing import Shares, public_shares
-from .shared import SharedTensor, note_write
+from .shared import SharedTensor, install_routers, note_write
 
 aten = torch.ops.aten
 
@@ -108,6 +108,9 @@ def dispatch_op(func, args, kwargs):
     return handler(*args, **kwargs)
 
 
+install_routers(torch_function, dispatch_op)
+
+
 def unsupported_message(func) -> str:
     packet = getattr(func, "overloadpacket", func)
     advice = _ADVICE.get(packet)
@@ -179,6 +182,11 @@ def shares_of(x, party) -> Shares:
 
 def wrap(shares: Shares, party, dtype: torch.dtype = torch.float32) -> SharedTensor:
     return SharedTensor(shares, party, dtype=dtype)
+
+
+def as_shared(x, party, dtype: torch.dtype = torch.float32) -> SharedTensor:
+    """x itself if it is a SharedTensor, else the public sharing of the public value x (wrapped as `dtype`)."""
+    return x if isinstance(x, SharedTensor) else wrap(shares_of(x, party), party, dtype)
 
 
 def result_dtype(*operands) -> torch.dtype:
