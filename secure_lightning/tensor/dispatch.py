@@ -1,6 +1,7 @@
 """Routing for SharedTensor: the aten handler table, the torch-function table, and the one unwrap/wrap path.
 
-Two tables, filled by decorators in `tensor/ops_*.py` and `tensor/autograd.py`:
+Two tables, filled by decorators in `tensor/ops_*.py` and the autograd Function modules (activations.py, pooling.py,
+losses.py, batch_norm_fn.py):
 
   HANDLERS            aten OpOverload -> handler. `__torch_dispatch__` sends every aten op that has a SharedTensor
                       argument here. Ops are listed one by one (no tag-driven bulk registration): most pointwise ops

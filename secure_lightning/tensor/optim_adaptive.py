@@ -24,7 +24,7 @@ import torch.optim.rmsprop as _torch_rmsprop
 from ..protocols import adaptive as A
 from ..protocols import local as L
 from ..protocols.sharing import Shares
-from .autograd import reveal_tensor
+from .sharing_io import reveal_tensor
 from .dispatch import UnsupportedOpError, assign_inplace
 from .shared import SharedTensor, note_write
 

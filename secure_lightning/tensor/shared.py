@@ -133,6 +133,20 @@ class SharedTensor(torch.Tensor):
                         "Save shares with secure_lightning.nn.share_state_dict or open the value with reveal_tensor")
 
 
+def state_token(t) -> tuple | None:
+    """A value that changes whenever the content of t (a SharedTensor, a plain tensor or None) may have changed, for
+    caches of values derived from module state (SecureBatchNorm's eval scale): the identities of t and of its share
+    tensors (replaced shares), the write generations of their storages (every in-place write on shares goes through
+    dispatch.assign_inplace, which notes it) and t's autograd version counter. Ids are only meaningful while the
+    objects live: a cache keeps references to the tensors it keyed. Local: every party computes the same token
+    after the same operations, so every party reuses or recomputes a cached value together."""
+    if t is None:
+        return None
+    if isinstance(t, SharedTensor):
+        return (id(t), id(t.shares.cur), id(t.shares.prev), *_generation(t.shares), t._version)
+    return (id(t), t._version)
+
+
 def install_routers(function_router, op_router) -> None:
     """Route SharedTensor's `__torch_function__` / `__torch_dispatch__` to these (tensor/dispatch.py calls it once).
 
