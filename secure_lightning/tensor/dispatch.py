@@ -133,10 +133,6 @@ def party_of(*objs):
     raise TypeError("no SharedTensor among the arguments")
 
 
-def is_shared(x) -> bool:
-    return isinstance(x, SharedTensor)
-
-
 def public_value(x, device=None) -> torch.Tensor | None:
     """The float64 value of a public operand (number, plain tensor, or public SharedTensor); None if secret."""
     if isinstance(x, SharedTensor):
@@ -230,11 +226,3 @@ def assign_inplace(self, new: SharedTensor | Shares) -> SharedTensor:
 
 def _writable(t: torch.Tensor) -> bool:
     return all(s != 0 or n <= 1 for s, n in zip(t.stride(), t.shape))
-
-
-def normalize_dims(dim, ndim: int) -> list[int]:
-    if dim is None:
-        return list(range(ndim))
-    if isinstance(dim, int):
-        dim = [dim]
-    return sorted(d % ndim if ndim else 0 for d in dim)

@@ -39,7 +39,7 @@ def _scale_all(tensors, scalar):
     party = secret[0].party
     flat = L.cat([t.shares.map(lambda s: s.reshape(-1)) for t in secret])
     prod = mul_public_real(flat, c, party=party)
-    out, off, scaled = [], 0, {}
+    off, scaled = 0, {}
     for t in secret:
         n = t.numel()
         scaled[id(t)] = wrap(prod.map(lambda s: s[off:off + n].reshape(t.shape)), party)

@@ -108,7 +108,6 @@ def constant_pad_nd(self, pad, value=0):
 def where(condition, self, other):
     if isinstance(condition, SharedTensor):
         return where_shared(condition, self, other)
-    party = party_of(self, other)
     cond = condition.to(torch.float64)
     return add(mul(self, cond), mul(other, 1.0 - cond))  # public 0/1 weights: integer products, no truncation
 
