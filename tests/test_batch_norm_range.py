@@ -150,7 +150,7 @@ VARS = [0.0, 1e-4, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 6.5e4]
 
 def _rsqrt_range(party, var):
     from secure_lightning.protocols import sharing as S
-    from secure_lightning.tensor.autograd import _rsqrt_eps
+    from secure_lightning.tensor.batch_norm_fn import _rsqrt_eps
     from secure_lightning.tensor.batch_norm import VAR_SCALE
     v = S.share(var * VAR_SCALE if party.rank == 0 else None, 0, party=party)
     with party.comm.cost() as cost:

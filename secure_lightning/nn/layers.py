@@ -10,8 +10,9 @@ from torch import nn
 
 from .. import tensor as T
 from ..tensor import SharedTensor
-from ..tensor.autograd import batch_norm_eval_scale, state_token
+from ..tensor.batch_norm_fn import batch_norm_eval_scale
 from ..tensor.dispatch import party_of
+from ..tensor.shared import state_token
 
 
 def _is_shared(*xs) -> bool:
@@ -19,7 +20,7 @@ def _is_shared(*xs) -> bool:
 
 
 class SecureReLU(nn.ReLU):
-    """ReLU keeping its sign bit for backward (tensor.autograd.ReLUFn). `inplace` is ignored on shares."""
+    """ReLU keeping its sign bit for backward (tensor.activations.ReLUFn). `inplace` is ignored on shares."""
 
     def forward(self, input):
         return T.relu(input) if _is_shared(input) else super().forward(input)
@@ -39,7 +40,7 @@ class _SecureBatchNorm:
     updated in place), running statistics in eval.
 
     Eval cache: in eval mode the per-channel factors inv = 1/sqrt(running_var + eps) and scale = weight * inv
-    (tensor.autograd.batch_norm_eval_scale: approx.rsqrt + one product on C values) are computed once and kept;
+    (tensor.batch_norm_fn.batch_norm_eval_scale: approx.rsqrt + one product on C values) are computed once and kept;
     later eval forwards cost one product on the activations, y = (x - running_mean) * scale + bias (3 rounds,
     16 bytes per element). running_mean and bias are read live (they enter linearly, for free). The cache is
     dropped by train(), and recomputed whenever its key changes: eps, and the state_token of running_var and

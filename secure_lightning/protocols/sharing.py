@@ -78,7 +78,7 @@ def reshare(z: torch.Tensor, *, party) -> Shares:
 _STATUS_OK = 0
 # Non-zero header status: the owner's input was refused; every party raises the same error type.
 _STATUS_ERRORS = {1: FixedPointRangeError, 2: TypeError, 3: ValueError}
-_HEADER_LEN = 10  # status, ndim, up to 8 dims
+MAX_SHARE_DIMS = 8
 
 
 def _status_of(err: Exception) -> int:
@@ -87,11 +87,29 @@ def _status_of(err: Exception) -> int:
     return 2 if isinstance(err, TypeError) else 3
 
 
-def _header(status: int, shape=()) -> torch.Tensor:
-    h = torch.zeros(_HEADER_LEN, dtype=torch.int64)
-    h[0], h[1] = status, len(shape)
-    h[2:2 + len(shape)] = torch.tensor(list(shape), dtype=torch.int64)
+def _header_len(tagged: bool) -> int:
+    """int64 entries of a share header: status, [tag], ndim, MAX_SHARE_DIMS dims (10, or 11 with a tag)."""
+    return 2 + int(tagged) + MAX_SHARE_DIMS
+
+
+def _header(status: int, shape=(), tag: int | None = None) -> torch.Tensor:
+    """The owner's share header: [status, ndim, dims..., 0...] (80 bytes) or, with a tag, [status, tag, ndim, dims...,
+    0...] (88 bytes)."""
+    h = torch.zeros(_header_len(tag is not None), dtype=torch.int64)
+    off = 1 if tag is None else 2
+    h[0] = status
+    if tag is not None:
+        h[1] = tag
+    h[off] = len(shape)
+    h[off + 1:off + 1 + len(shape)] = torch.tensor(list(shape), dtype=torch.int64)
     return h
+
+
+def _parse_header(h: torch.Tensor, tagged: bool) -> tuple[int, int | None, tuple]:
+    """(status, tag or None, shape) from a header built by _header."""
+    off = 2 if tagged else 1
+    shape = tuple(int(s) for s in h[off + 1:off + 1 + int(h[off])])
+    return int(h[0]), (int(h[1]) if tagged else None), shape
 
 
 def share(x, owner: int, *, party, label: str = "input", data: bool = True) -> Shares:
@@ -104,7 +122,24 @@ def share(x, owner: int, *, party, label: str = "input", data: bool = True) -> S
     both other parties. Cost: 2 rounds (header with status and shape, then shares); owner sends 2 x 80 header bytes
     and 2 ring elements per element, the others send nothing. A refused input costs the header round only.
     """
-    enc = None
+    return _share(x, owner, None, party=party, label=label, data=data)[0]
+
+
+def share_tagged(x, owner: int, prepare, *, party, label: str = "input", data: bool = True) -> tuple[Shares, int]:
+    """share() for a caller that sends one more public integer with the shape (the tensor level: the logical dtype).
+
+    The owner first runs `prepare(x) -> (value, tag)`, which may refuse x by raising (every party then raises the same
+    error type, as for share's own checks); `value` is shared as by share(), and every party returns the owner's tag.
+    Cost: as share(), with an 88-byte header: 2 rounds; the owner sends 2 x 88 header bytes and 2 ring elements per
+    element, the others send nothing.
+    """
+    return _share(x, owner, prepare, party=party, label=label, data=data)
+
+
+def _share(x, owner: int, prepare, *, party, label: str, data: bool) -> tuple[Shares, int | None]:
+    """share() and share_tagged(): header round (status, [tag], shape) from the owner, then share_encoded."""
+    tagged = prepare is not None
+    enc, tag = None, (0 if tagged else None)
     if owner not in (0, 1, 2):
         raise ValueError(f"share: owner must be 0, 1 or 2, got {owner}")
     with party.label(f"share/{label}"):
@@ -113,19 +148,21 @@ def share(x, owner: int, *, party, label: str = "input", data: bool = True) -> S
             try:
                 if x is None:
                     raise ValueError("the owner must pass a tensor")
+                if tagged:
+                    x, tag = prepare(x)
                 if not isinstance(x, torch.Tensor):
                     x = torch.as_tensor(x)
-                if x.dim() > _HEADER_LEN - 2:
-                    raise ValueError(f"at most {_HEADER_LEN - 2} dimensions can be shared, got {x.dim()}")
+                if x.dim() > MAX_SHARE_DIMS:
+                    raise ValueError(f"at most {MAX_SHARE_DIMS} dimensions can be shared, got {x.dim()}")
                 enc = party.encoding.encode(x, what=label, limit=party.encoding.max_abs if data else None).to(party.device)
             except Exception as e:  # refuse on all parties rather than leave the others waiting
-                err, enc = e, None
-            h = _header(_STATUS_OK if err is None else _status_of(err), enc.shape if enc is not None else ())
+                err, enc, tag = e, None, (0 if tagged else None)
+            h = _header(_STATUS_OK if err is None else _status_of(err), enc.shape if enc is not None else (), tag)
             party.comm.round({party.next: h, party.prev: h})
             if err is not None:
                 raise _STATUS_ERRORS[_status_of(err)](f"sharing '{label}' from party {owner}: {err}") from err
         else:
-            h = party.comm.round({}, {owner: ((_HEADER_LEN,), torch.int64)})[owner]
+            h = party.comm.round({}, {owner: ((_header_len(tagged),), torch.int64)})[owner]
             status = int(h[0])
             if status != _STATUS_OK:
                 kind = _STATUS_ERRORS.get(status, ValueError)
@@ -133,8 +170,8 @@ def share(x, owner: int, *, party, label: str = "input", data: bool = True) -> S
                        TypeError: "of an unsupported type"}.get(kind, "invalid")
                 raise kind(f"party {owner} could not share '{label}': its input is {why} "
                            f"(the error on party {owner} has the details)")
-        shape = tuple(int(s) for s in h[2:2 + int(h[1])])
-        return share_encoded(enc, owner, shape, party=party)
+        _, tag, shape = _parse_header(h, tagged)
+        return share_encoded(enc, owner, shape, party=party), tag
 
 
 def share_encoded(enc, owner: int, shape, *, party) -> Shares:
@@ -209,5 +246,5 @@ def check_same_shape(x: Shares, *, party, what: str = "shares") -> None:
                                {party.next: (h.shape, h.dtype), party.prev: (h.shape, h.dtype)})
     for p, g in got.items():
         if not torch.equal(g, h):
-            other = tuple(int(s) for s in g[2:2 + int(g[1])])
+            other = _parse_header(g, tagged=False)[2]
             raise ValueError(f"{what}: party {party.rank} has shape {tuple(x.shape)}, party {p} has {other}")

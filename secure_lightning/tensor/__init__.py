@@ -6,13 +6,16 @@
     loss.backward()                   # shared .grad on shared parameters
     reveal_tensor(loss)               # opened to all parties
 
-Importing this package registers every handler (ops_*.py, autograd.py) in the dispatch tables.
+Importing this package registers every handler (ops_*.py and the autograd Functions in activations.py, pooling.py,
+losses.py, batch_norm_fn.py) in the dispatch tables.
 """
 from . import ops_factories, ops_linear, ops_nonlinear, ops_optim, ops_pointwise, ops_reduction, ops_shape  # noqa: F401
 from . import optim_adaptive  # noqa: F401  (routes torch.optim Adam/AdamW/RMSprop on shares)
-from .autograd import (  # noqa: F401
-    batch_norm, cross_entropy, dropout, log_softmax, max_pool2d, nll_loss, relu, reveal_tensor, share_tensor, softmax,
-)
+from .activations import dropout, relu  # noqa: F401
+from .batch_norm_fn import batch_norm  # noqa: F401
+from .losses import cross_entropy, log_softmax, nll_loss, softmax  # noqa: F401
+from .pooling import max_pool2d  # noqa: F401
+from .sharing_io import reveal_tensor, share_tensor  # noqa: F401
 from .dispatch import UnsupportedOpError, supported_ops  # noqa: F401
 from .shared import SharedTensor  # noqa: F401
 

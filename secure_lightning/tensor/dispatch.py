@@ -1,6 +1,7 @@
 """Routing for SharedTensor: the aten handler table, the torch-function table, and the one unwrap/wrap path.
 
-Two tables, filled by decorators in `tensor/ops_*.py` and `tensor/autograd.py`:
+Two tables, filled by decorators in `tensor/ops_*.py` and the autograd Function modules (activations.py, pooling.py,
+losses.py, batch_norm_fn.py):
 
   HANDLERS            aten OpOverload -> handler. `__torch_dispatch__` sends every aten op that has a SharedTensor
                       argument here. Ops are listed one by one (no tag-driven bulk registration): most pointwise ops
@@ -24,7 +25,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from ..protocols.sharing import Shares, public_shares
-from .shared import SharedTensor, note_write
+from .shared import SharedTensor, install_routers, note_write
 
 aten = torch.ops.aten
 
@@ -108,6 +109,9 @@ def dispatch_op(func, args, kwargs):
     return handler(*args, **kwargs)
 
 
+install_routers(torch_function, dispatch_op)
+
+
 def unsupported_message(func) -> str:
     packet = getattr(func, "overloadpacket", func)
     advice = _ADVICE.get(packet)
@@ -127,10 +131,6 @@ def party_of(*objs):
         if isinstance(leaf, SharedTensor):
             return leaf.party
     raise TypeError("no SharedTensor among the arguments")
-
-
-def is_shared(x) -> bool:
-    return isinstance(x, SharedTensor)
 
 
 def public_value(x, device=None) -> torch.Tensor | None:
@@ -181,6 +181,11 @@ def wrap(shares: Shares, party, dtype: torch.dtype = torch.float32) -> SharedTen
     return SharedTensor(shares, party, dtype=dtype)
 
 
+def as_shared(x, party, dtype: torch.dtype = torch.float32) -> SharedTensor:
+    """x itself if it is a SharedTensor, else the public sharing of the public value x (wrapped as `dtype`)."""
+    return x if isinstance(x, SharedTensor) else wrap(shares_of(x, party), party, dtype)
+
+
 def result_dtype(*operands) -> torch.dtype:
     """float32 unless every operand is integer-valued (int64/bool SharedTensors, Python ints, integer tensors)."""
     for x in operands:
@@ -221,11 +226,3 @@ def assign_inplace(self, new: SharedTensor | Shares) -> SharedTensor:
 
 def _writable(t: torch.Tensor) -> bool:
     return all(s != 0 or n <= 1 for s, n in zip(t.stride(), t.shape))
-
-
-def normalize_dims(dim, ndim: int) -> list[int]:
-    if dim is None:
-        return list(range(ndim))
-    if isinstance(dim, int):
-        dim = [dim]
-    return sorted(d % ndim if ndim else 0 for d in dim)

@@ -24,9 +24,7 @@ from .dispatch import (
     UnsupportedOpError, advise, aten, encode, implements, implements_function, is_integral, make_public, party_of,
     public_value, shares_of, wrap,
 )
-from .ops_pointwise import add, mul
-from .ops_reduction import sum_
-from .ops_shape import apply_local
+from .functional import add, apply_local, mul, sum_
 from .shared import SharedTensor
 
 

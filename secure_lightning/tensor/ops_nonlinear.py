@@ -8,39 +8,22 @@ ReLU reached at the aten level (not through F.relu, which keeps the sign bit) co
 from __future__ import annotations
 
 import torch
+from torch.return_types import max as max_result
 
 from ..protocols import approx, compare
 from ..protocols import arithmetic as A
 from ..protocols import local as L
 from ..protocols.sharing import Shares
-from .autograd import bits_to_fixed, softmax_from_log_softmax
 from .dispatch import (
     UnsupportedOpError, advise, aten, implements, implements_function, make_public, party_of, public_value,
     shares_of, wrap,
 )
-from .ops_pointwise import add, mul, square, sub
+from .functional import (
+    add, bits_to_fixed, clamp_min, exp, log, mul, relu_values, rsqrt, sigmoid, softmax_from_log_softmax, sqrt,
+    square, sub, sum_, tanh,
+)
 from .shared import SharedTensor
 
-
-def _public_or(x, fn_public, fn_secret):
-    if x.public is not None:
-        return make_public(fn_public(x.public), x.party)
-    return fn_secret(x)
-
-
-def _approx_unary(name):
-    def run(x):
-        return _public_or(x, getattr(torch, name), lambda s: wrap(getattr(approx, name)(s.shares, party=s.party),
-                                                                  s.party))
-    return run
-
-
-exp = _approx_unary("exp")
-log = _approx_unary("log")
-sqrt = _approx_unary("sqrt")
-rsqrt = _approx_unary("rsqrt")
-sigmoid = _approx_unary("sigmoid")
-tanh = _approx_unary("tanh")
 
 implements(aten.exp.default)(exp)
 implements(aten.log.default)(log)
@@ -91,22 +74,10 @@ for _name in ("gt", "lt", "ge", "le", "eq", "ne"):
     implements(_packet.Tensor, _packet.Scalar)(_cmp(_name))
 
 
-def where_shared(condition: SharedTensor, self, other):
-    """condition ? self : other for a secret condition (0/1 in fixed point): other + cond * (self - other)."""
-    return add(other, mul(condition, sub(self, other)))
-
-
 # ---- ReLU family -----------------------------------------------------------------------------------------------------
-def _relu_values(x: SharedTensor) -> SharedTensor:
-    if x.public is not None:
-        return make_public(torch.relu(x.public), x.party)
-    y, _ = compare.relu(x.shares, party=x.party)
-    return wrap(y, x.party)
-
-
 @implements(aten.relu.default)
 def relu(self):
-    return _relu_values(self)
+    return relu_values(self)
 
 
 @implements(aten.threshold_backward.default)
@@ -122,29 +93,27 @@ def threshold_backward(grad_output, self, threshold):
 @implements(aten.abs.default)
 def abs_(self):
     """|x| = 2 relu(x) - x: one ReLU."""
-    return sub(mul(_relu_values(self), 2), self)
+    return sub(mul(relu_values(self), 2), self)
 
 
 @implements(aten.maximum.default)
 def maximum(self, other):
     """max(a, b) = b + relu(a - b)."""
-    return add(other, _relu_values(sub(self, other)))
+    return add(other, relu_values(sub(self, other)))
 
 
 @implements(aten.minimum.default)
 def minimum(self, other):
     """min(a, b) = a - relu(a - b)."""
-    return sub(self, _relu_values(sub(self, other)))
+    return sub(self, relu_values(sub(self, other)))
 
 
-@implements(aten.clamp_min.default)
-def clamp_min(self, min):
-    return add(_relu_values(sub(self, min)), min)
+implements(aten.clamp_min.default)(clamp_min)
 
 
 @implements(aten.clamp_max.default)
 def clamp_max(self, max):
-    return sub(max, _relu_values(sub(max, self)))
+    return sub(max, relu_values(sub(max, self)))
 
 
 @implements(aten.clamp.default)
@@ -203,7 +172,6 @@ def _max_function(input, dim=None, keepdim=False, *, out=None):
     if dim is None:
         flat = input.reshape(-1)
         return max_dim(flat, 0)[0]
-    from torch.return_types import max as max_result
     values, indices = max_dim(input, dim, keepdim)
     return max_result((values, indices))
 
@@ -279,13 +247,11 @@ def _log_softmax(self, dim, half_to_float=False):
 @implements(aten._softmax_backward_data.default)
 def _softmax_backward_data(grad_output, output, dim, input_dtype):
     gy = mul(grad_output, output)
-    from .ops_reduction import sum_
     return sub(gy, mul(output, sum_(gy, [dim], keepdim=True)))
 
 
 @implements(aten._log_softmax_backward_data.default)
 def _log_softmax_backward_data(grad_output, output, dim, input_dtype):
-    from .ops_reduction import sum_
     party = party_of(grad_output, output)
     if output.public is not None:
         sm = make_public(torch.exp(output.public), party)

@@ -1,11 +1,11 @@
 """torch.optim on shares: `_foreach_*` ops, and foreach as the default for shared parameters.
 
-torch.optim has two paths: a per-parameter loop of single-tensor ops (add_, mul_, lerp_, addcmul_, addcdiv_, sqrt
-in ops_pointwise.py / ops_nonlinear.py) and the foreach path of list ops (below). In the loop every product with a
-public real (lr * grad, momentum * buf) is its own truncation: 3 rounds per parameter. The list ops
-`_foreach_add_(params, grads, alpha=-lr)` and `_foreach_mul_(tensors, scalar)` put the products of ALL parameters
-into ONE truncation (3 rounds for the whole list); the other list ops apply the single-tensor handler to each
-element.
+torch.optim has two paths: a per-parameter loop of single-tensor ops (add_, mul_, lerp_, addcmul_, addcdiv_, sqrt:
+functional.py, registered in ops_pointwise.py / ops_nonlinear.py) and the foreach path of list ops (below). In the
+loop every product with a public real (lr * grad, momentum * buf) is its own truncation: 3 rounds per parameter. The
+list ops `_foreach_add_(params, grads, alpha=-lr)` and `_foreach_mul_(tensors, scalar)` put the products of ALL
+parameters into ONE truncation (3 rounds for the whole list); the other list ops apply the single-tensor function to
+each element.
 
 Default: torch picks foreach by itself only for plain tensors on accelerators. For param groups left at
 foreach=None (torch's "let the library choose") whose parameters are all SharedTensors, a global optimizer step
@@ -24,9 +24,9 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from ..protocols import local as L
+from ..protocols.arithmetic import mul_public_real
 from .dispatch import aten, assign_inplace, implements, is_integral, public_value, wrap
-from .ops_nonlinear import sqrt
-from .ops_pointwise import add, addcdiv, addcmul, div, lerp, mul, mul_public_real, neg
+from .functional import add, addcdiv, addcmul, clone, copy_, div, lerp, mul, neg, sqrt
 from .shared import SharedTensor
 
 
@@ -39,7 +39,7 @@ def _scale_all(tensors, scalar):
     party = secret[0].party
     flat = L.cat([t.shares.map(lambda s: s.reshape(-1)) for t in secret])
     prod = mul_public_real(flat, c, party=party)
-    out, off, scaled = [], 0, {}
+    off, scaled = 0, {}
     for t in secret:
         n = t.numel()
         scaled[id(t)] = wrap(prod.map(lambda s: s[off:off + n].reshape(t.shape)), party)
@@ -147,14 +147,12 @@ def foreach_zero_(self):
 
 @implements(aten._foreach_copy_.default)
 def foreach_copy_(self, src, non_blocking=False):
-    from .ops_shape import copy_
     for t, s in zip(self, src):
         copy_(t, s)
 
 
 @implements(aten._foreach_clone.default)
 def foreach_clone(self):
-    from .ops_pointwise import clone
     return [clone(t) for t in self]
 
 

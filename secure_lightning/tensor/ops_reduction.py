@@ -3,29 +3,8 @@ output element per party; error <= 1 ulp + the sum's error / n). Comparison-base
 ops_nonlinear.py."""
 from __future__ import annotations
 
-from ..protocols import local as L
-from .dispatch import aten, implements, make_public, wrap
-from .ops_shape import apply_local
-from .shared import SharedTensor
-
-
-def sum_(x, dim=None, keepdim=False):
-    if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
-        return apply_local(lambda t: t.sum(), (x,), {}) if not keepdim else \
-            apply_local(lambda t: t.sum(dim=tuple(range(t.dim())), keepdim=True), (x,), {})
-    return apply_local(lambda t: t.sum(dim=dim, keepdim=keepdim), (x,), {})
-
-
-def mean(x, dim=None, keepdim=False):
-    """Mean over dim: protocols.local.mean (sum, then one truncation; exact shift when n is a power of two)."""
-    if dim is not None and isinstance(dim, (list, tuple)) and len(dim) == 0:
-        dim = None
-    if x.public is not None:
-        return make_public(x.public.mean(dim=dim, keepdim=keepdim) if dim is not None else
-                           (x.public.mean().reshape((1,) * x.dim()) if keepdim else x.public.mean()), x.party)
-    if not isinstance(x, SharedTensor):
-        raise TypeError("mean of a non-shared value")
-    return wrap(L.mean(x.shares, dim, keepdim, party=x.party), x.party)
+from .dispatch import aten, implements
+from .functional import apply_local, mean, sum_
 
 
 @implements(aten.sum.default)

@@ -8,36 +8,11 @@ from __future__ import annotations
 import torch
 import torch.utils._pytree as pytree
 
-from ..protocols.sharing import Shares
 from .dispatch import (
-    UnsupportedOpError, aten, assign_inplace, implements, implements_generic, make_public, party_of, public_value,
-    shares_of,
+    UnsupportedOpError, aten, as_shared, assign_inplace, implements, implements_generic, party_of, public_value,
 )
+from .functional import add, apply_local, copy_, mul, where_shared
 from .shared import SharedTensor
-
-
-def _map_shared(op, args, kwargs, get):
-    return op(*pytree.tree_map_only(SharedTensor, get, args), **pytree.tree_map_only(SharedTensor, get, kwargs))
-
-
-def apply_local(op, args, kwargs, *, dtype=None):
-    """Run `op` on each share of the SharedTensor arguments and wrap the outputs (tensor, list or tuple).
-
-    When every SharedTensor argument is public, the op runs on the public values and the outputs stay public."""
-    shared = [a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, SharedTensor)]
-    party = shared[0].party
-    dtype = dtype or shared[0].dtype
-    publics = [a.public for a in shared]
-    cur = _map_shared(op, args, kwargs, lambda a: a.shares.cur)
-    prev = _map_shared(op, args, kwargs, lambda a: a.shares.prev)
-    cur_leaves, spec = pytree.tree_flatten(cur)
-    prev_leaves = pytree.tree_leaves(prev)
-    pub_leaves = [None] * len(cur_leaves)
-    if all(p is not None for p in publics):  # the same op on the public values (shares still alias as views do)
-        pub_leaves = pytree.tree_leaves(_map_shared(op, args, kwargs, lambda a: a.public))
-    out = [SharedTensor(Shares(c, p), party, dtype=dtype, public=v) if isinstance(c, torch.Tensor) else c
-           for c, p, v in zip(cur_leaves, prev_leaves, pub_leaves)]
-    return pytree.tree_unflatten(out, spec)
 
 
 def _no_shared_index(what, *indices):
@@ -80,8 +55,7 @@ def local_index(op, self, *rest, **kwargs):
 
 
 def _data_as_shared(party, *xs, dtype=torch.float32):
-    from .dispatch import wrap
-    return [x if isinstance(x, SharedTensor) else wrap(shares_of(x, party), party, dtype) for x in xs]
+    return [as_shared(x, party, dtype) for x in xs]
 
 
 @implements_generic(aten.index_put.default, aten._index_put_impl.default)
@@ -126,7 +100,6 @@ def constant_pad_nd(self, pad, value=0):
     out = apply_local(aten.constant_pad_nd.default, (self, pad, 0), {})
     if value != 0:  # add `value` on the padded positions (a public constant)
         mask = aten.constant_pad_nd.default(torch.zeros(self.shape, dtype=torch.float64, device=self.device), pad, 1.0)
-        from .ops_pointwise import add
         out = add(out, mask * float(value))
     return out
 
@@ -134,10 +107,7 @@ def constant_pad_nd(self, pad, value=0):
 @implements(aten.where.self)
 def where(condition, self, other):
     if isinstance(condition, SharedTensor):
-        from .ops_nonlinear import where_shared
         return where_shared(condition, self, other)
-    party = party_of(self, other)
-    from .ops_pointwise import add, mul
     cond = condition.to(torch.float64)
     return add(mul(self, cond), mul(other, 1.0 - cond))  # public 0/1 weights: integer products, no truncation
 
@@ -175,13 +145,7 @@ def to_copy(self, dtype=None, layout=None, device=None, pin_memory=None, non_blo
     return out
 
 
-@implements(aten.copy_.default)
-def copy_(self, src, non_blocking=False):
-    if not isinstance(self, SharedTensor):
-        raise UnsupportedOpError("copying a secret into a plain tensor: use reveal_tensor(t)")
-    if isinstance(src, SharedTensor):
-        return assign_inplace(self, src)
-    return assign_inplace(self, make_public(public_value(src).expand(self.shape), self.party, self.dtype))
+implements(aten.copy_.default)(copy_)
 
 
 @implements(aten.lift_fresh.default)

@@ -24,6 +24,7 @@ import torch.optim.rmsprop as _torch_rmsprop
 from ..protocols import adaptive as A
 from ..protocols import local as L
 from ..protocols.sharing import Shares
+from .sharing_io import reveal_tensor
 from .dispatch import UnsupportedOpError, assign_inplace
 from .shared import SharedTensor, note_write
 
@@ -167,7 +168,6 @@ _torch_rmsprop.rmsprop = rmsprop
 def opened_state(optimizer: torch.optim.Optimizer, param) -> dict:
     """Open one shared parameter's optimizer state as torch would hold it (collective: every party calls it).
     Adam/AdamW: exp_avg, exp_avg_sq (torch's raw moments) and step; RMSprop: square_avg, momentum_buffer, step."""
-    from .autograd import reveal_tensor
     state = optimizer.state[param]
     f = param.party.encoding.frac_bits
     fm, fv = A.state_scales(f)

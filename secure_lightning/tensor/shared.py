@@ -16,8 +16,8 @@ storage. It holds
 Because the outer dtype is a float, `requires_grad`, `nn.Parameter` and torch.optim accept it. Autograd records
 operations above `__torch_dispatch__`, so backward ops dispatch back in and gradients are SharedTensors.
 
-This module holds data only: every operation is routed by `tensor.dispatch` to the handlers in `tensor/ops_*.py`
-(aten ops) or to the autograd Functions in `tensor/autograd.py` (the few functional calls that need their own
+This module holds data only: every operation is routed by `tensor.dispatch` (which installs its routers here) to the
+handlers in `tensor/ops_*.py` (aten ops) or to the autograd Functions (the few functional calls that need their own
 protocol or gradient). There is no protocol code here.
 """
 from __future__ import annotations
@@ -97,16 +97,17 @@ class SharedTensor(torch.Tensor):
         """Wrap this party's `Shares` (int64 ring elements, fixed-point encoded) as a SharedTensor."""
         return cls(shares, party, dtype=dtype, requires_grad=requires_grad, public=public)
 
-    # ---- routing ----------------------------------------------------------------------------------------------
+    # ---- routing: the routers of tensor/dispatch.py, installed by it (install_routers) when it is imported --------
+    _route_function = None
+    _route_op = None
+
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
-        from .dispatch import torch_function
-        return torch_function(func, types, args, kwargs or {})
+        return cls._route_function(func, types, args, kwargs or {})
 
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        from .dispatch import dispatch_op
-        return dispatch_op(func, args, kwargs or {})
+        return cls._route_op(func, args, kwargs or {})
 
     # ---- plain-Python protocol: nothing here may open the value -----------------------------------------------
     def __repr__(self, *, tensor_contents=None):
@@ -130,3 +131,26 @@ class SharedTensor(torch.Tensor):
     def __reduce_ex__(self, proto):
         raise TypeError("a SharedTensor holds one party's shares and its live Party; it cannot be pickled. "
                         "Save shares with secure_lightning.nn.share_state_dict or open the value with reveal_tensor")
+
+
+def state_token(t) -> tuple | None:
+    """A value that changes whenever the content of t (a SharedTensor, a plain tensor or None) may have changed, for
+    caches of values derived from module state (SecureBatchNorm's eval scale): the identities of t and of its share
+    tensors (replaced shares), the write generations of their storages (every in-place write on shares goes through
+    dispatch.assign_inplace, which notes it) and t's autograd version counter. Ids are only meaningful while the
+    objects live: a cache keeps references to the tensors it keyed. Local: every party computes the same token
+    after the same operations, so every party reuses or recomputes a cached value together."""
+    if t is None:
+        return None
+    if isinstance(t, SharedTensor):
+        return (id(t), id(t.shares.cur), id(t.shares.prev), *_generation(t.shares), t._version)
+    return (id(t), t._version)
+
+
+def install_routers(function_router, op_router) -> None:
+    """Route SharedTensor's `__torch_function__` / `__torch_dispatch__` to these (tensor/dispatch.py calls it once).
+
+    The routers are handed in rather than imported, so this data-only module imports nothing from the modules that
+    use it and the import graph of tensor/ stays one-way (dispatch.py imports shared.py, never the reverse)."""
+    SharedTensor._route_function = staticmethod(function_router)
+    SharedTensor._route_op = staticmethod(op_router)
