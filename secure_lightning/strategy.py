@@ -33,8 +33,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import pickle
 import re
+import sys
 import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -58,6 +58,7 @@ from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signatu
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from . import nn as secure_nn
+from .channel import ProtocolMessageError, PublicChannel
 from .encoding import FixedPoint
 from .launcher import NoData, PartyLauncher
 from .protocols import guard
@@ -245,6 +246,7 @@ class RSS3PC(ParallelStrategy):
         self._spawn = True
         self._spawned_as = None          # (rank, addr, port) inside a process our launcher spawned
         self._party = None
+        self._channel: Optional[PublicChannel] = None
         self._secured = False
         self._plain_backup: Optional[dict] = None
         self._wrapped: list = []         # (object, attribute) pairs we patched, undone in teardown
@@ -654,28 +656,17 @@ class RSS3PC(ParallelStrategy):
         """Party `src` sends a plaintext value it holds to the others (policy: (what, name) must go to all)."""
         self.policy.check(what, name, need_all=True)
         value = apply_to_collection(value, Tensor, lambda t: t.detach().cpu())
-        out = self._publish(value, src, f"publish/{what}")
+        out = self.channel.publish("metric", value, src, label=f"publish/{what}")
         shape = tuple(out.shape) if isinstance(out, Tensor) else ()
         self._record(what, name, shape, ALL, kind="publish")
         return apply_to_collection(out, Tensor, lambda t: t.to(self.root_device))
 
-    # ---- small public messages between parties (counted by the communicator) -----------------------------------
-    def _publish(self, obj, src: int, label: str):
-        """Party `src` sends a picklable public object to both others. Cost: 2 rounds, 8 + len(pickle) bytes to
-        each peer from `src`."""
-        party = self._party
-        comm = party.comm
-        peers = [p for p in range(3) if p != src]
-        with party.label(f"strategy/{label}"):
-            if party.rank == src:
-                data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
-                n = torch.tensor([data.numel()], dtype=torch.int64)
-                comm.round({p: n for p in peers})
-                comm.round({p: data for p in peers})
-                return obj
-            n = int(comm.round({}, {src: ((1,), torch.int64)})[src][0])
-            data = comm.round({}, {src: ((n,), torch.uint8)})[src]
-            return pickle.loads(data.cpu().numpy().tobytes())
+    @property
+    def channel(self) -> PublicChannel:
+        """The party-to-party channel for public messages (typed, no pickle: secure_lightning.channel)."""
+        if self._channel is None or self._channel.party is not self._party:
+            self._channel = PublicChannel(self._party)
+        return self._channel
 
     def _send_int(self, value: Optional[int], src: int, label: str) -> int:
         """Party `src` sends one public integer to both others. Cost: 1 round, 8 bytes to each peer from `src`."""
@@ -743,9 +734,12 @@ class RSS3PC(ParallelStrategy):
                 spec, err = _spec_of(batch, leaves, "batch"), None
             except TypeError as e:
                 spec, err = None, str(e)
-            self._publish((spec, err), owner, "data/batch_spec")
+            self.channel.publish("batch_spec", {"spec": spec, "error": err}, owner, label="data/batch_spec")
         else:
-            spec, err = self._publish(None, owner, "data/batch_spec")
+            msg = self.channel.publish("batch_spec", None, owner, label="data/batch_spec")
+            spec, err = msg["spec"], msg["error"]
+            if err is None:
+                _check_spec(spec, [0])
             leaves = None
         if err is not None:
             raise TypeError(f"RSS3PC: {err}")
@@ -766,9 +760,10 @@ class RSS3PC(ParallelStrategy):
             if kind == "U":
                 return tuple(build(c) for c in s[1])
             if kind == "NT":
-                return s[1](*[build(c) for c in s[2]])
+                return _namedtuple_class(s[1], s[2])(*[build(c) for c in s[3]])
             if kind == "D":
-                return s[1]((k, build(c)) for k, c in s[2])
+                cls = (_lookup_type(s[1], dict) if s[1] is not None else None) or dict
+                return cls((k, build(c)) for k, c in s[2])
             raise AssertionError(kind)
 
         return build(spec)
@@ -828,10 +823,11 @@ class RSS3PC(ParallelStrategy):
         if not (dist.is_available() and dist.is_initialized()):
             return obj
         self._refuse_shared(obj, "broadcast")
-        box = [obj]
-        with self._collective("broadcast"):
-            dist.broadcast_object_list(box, src)
-        return box[0]
+        if self._party is None:
+            raise RuntimeError("RSS3PC.broadcast runs in the parties only")
+        # public values only, in the channel's typed format (Lightning's broadcast_object_list would unpickle a
+        # peer's bytes)
+        return self.channel.publish("broadcast", obj, src, label="broadcast")
 
     def all_gather(self, tensor: Tensor, group: Optional[Any] = None, sync_grads: bool = False) -> Tensor:
         self._refuse_shared(tensor, "all_gather")
@@ -1013,6 +1009,7 @@ class RSS3PC(ParallelStrategy):
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         state["_party"] = None
+        state["_channel"] = None
         state["_wrapped"] = []
         return state
 
@@ -1020,29 +1017,90 @@ class RSS3PC(ParallelStrategy):
 # ---------------------------------------------------------------------------------------------------------------------
 # Batch structure and share blobs
 
+def _type_ref(cls) -> dict:
+    return {"module": cls.__module__, "qualname": cls.__qualname__}
+
+
 def _spec_of(x, leaves: list, path: str):
-    """Public structure of a batch (the data owner's tensors go to `leaves`): ("T",) tensor, ("N",) None, ("L"/"U",
-    children) list/tuple, ("NT", type, children) namedtuple, ("D", type, [(key, child)]) dict."""
+    """Public structure of a batch as plain data (the data owner's tensors go to `leaves`): ["T"] tensor, ["N"] None,
+    ["L"/"U", children] list/tuple, ["NT", type, fields, children] namedtuple, ["D", type or None, [[key, child]]]
+    dict; a type is named by {"module", "qualname"} and only looked up (never imported) on the other parties."""
     if isinstance(x, Tensor):
         if _is_shared(x):
             raise TypeError(f"{path} is already secret-shared")
         leaves.append(x)
-        return ("T",)
+        return ["T"]
     if x is None:
-        return ("N",)
+        return ["N"]
     if isinstance(x, tuple) and hasattr(x, "_fields"):
-        return ("NT", type(x), [_spec_of(v, leaves, f"{path}.{f}") for f, v in zip(x._fields, x)])
+        return ["NT", _type_ref(type(x)), list(x._fields),
+                [_spec_of(v, leaves, f"{path}.{f}") for f, v in zip(x._fields, x)]]
     if isinstance(x, (list, tuple)):
-        return ("L" if isinstance(x, list) else "U", [_spec_of(v, leaves, f"{path}[{i}]") for i, v in enumerate(x)])
+        return ["L" if isinstance(x, list) else "U", [_spec_of(v, leaves, f"{path}[{i}]") for i, v in enumerate(x)]]
     if isinstance(x, dict):
         for k in x:
-            if not isinstance(k, (str, int)):
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
                 raise TypeError(f"{path} has a key of type {type(k).__name__}; batch dict keys must be str or int")
-        return ("D", dict if type(x) is not dict and not _rebuildable(type(x)) else type(x),
-                [(k, _spec_of(v, leaves, f"{path}[{k!r}]")) for k, v in x.items()])
+        cls = None if type(x) is dict or not _rebuildable(type(x)) else _type_ref(type(x))
+        return ["D", cls, [[k, _spec_of(v, leaves, f"{path}[{k!r}]")] for k, v in x.items()]]
     raise TypeError(f"the data owner's batch holds a {type(x).__name__} at {path}: only tensors (in tuples, lists, "
                     f"dicts, or None) can be secret-shared. Turn it into a tensor or drop it in "
                     f"on_before_batch_transfer / transfer_batch_to_device.")
+
+
+def _lookup_type(ref, base: type):
+    """The class a batch spec names, if this process has already loaded it and it is a subclass of `base`; else
+    None. Nothing is imported or called: a peer's message only selects among classes loaded here."""
+    if not (isinstance(ref, dict) and set(ref) == {"module", "qualname"} and all(isinstance(v, str) for v in
+                                                                                ref.values())):
+        raise ProtocolMessageError(f"batch spec: bad type reference {str(ref)[:100]!r}")
+    obj = sys.modules.get(ref["module"])
+    for part in ref["qualname"].split("."):
+        obj = vars(obj).get(part) if obj is not None and hasattr(obj, "__dict__") else None
+    return obj if isinstance(obj, type) and issubclass(obj, base) else None
+
+
+def _check_spec(s, count: list, depth: int = 0) -> None:
+    """Receivers: the batch spec a peer sent has the documented form (ProtocolMessageError otherwise)."""
+    def bad(why):
+        return ProtocolMessageError(f"batch spec from the data owner: {why}")
+    count[0] += 1
+    if depth > 32 or count[0] > 100_000:
+        raise bad("too deep or too large")
+    if not isinstance(s, list) or not s or not isinstance(s[0], str):
+        raise bad(f"bad node {str(s)[:80]!r}")
+    kind = s[0]
+    if kind in ("T", "N") and len(s) == 1:
+        return
+    if kind in ("L", "U") and len(s) == 2 and isinstance(s[1], list):
+        for c in s[1]:
+            _check_spec(c, count, depth + 1)
+        return
+    if (kind == "NT" and len(s) == 4 and isinstance(s[2], list) and isinstance(s[3], list)
+            and len(s[2]) == len(s[3]) and all(isinstance(f, str) and f.isidentifier() and not f.startswith("_")
+                                               for f in s[2])):
+        _lookup_type(s[1], tuple)
+        for c in s[3]:
+            _check_spec(c, count, depth + 1)
+        return
+    if kind == "D" and len(s) == 3 and isinstance(s[2], list):
+        if s[1] is not None:
+            _lookup_type(s[1], dict)
+        for item in s[2]:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], (str, int))):
+                raise bad("dict entries must be [key, child]")
+            _check_spec(item[1], count, depth + 1)
+        return
+    raise bad(f"bad node {str(s)[:80]!r}")
+
+
+def _namedtuple_class(ref, fields: list):
+    cls = _lookup_type(ref, tuple)
+    if cls is not None and list(getattr(cls, "_fields", ())) == fields:
+        return cls
+    import collections
+    name = ref["qualname"].rpartition(".")[2]
+    return collections.namedtuple(name if name.isidentifier() else "Batch", fields)
 
 
 def _rebuildable(cls) -> bool:
