@@ -63,7 +63,8 @@ from .encoding import FixedPoint
 from .launcher import NoData, PartyLauncher
 from .protocols import guard
 from .protocols.sharing import Shares
-from .reveal import ALL, OpeningRecord, RevealPolicy, RevealPolicyError, category_of_logged, report
+from .ledger import OpeningLedger
+from .reveal import ALL, RevealPolicy, RevealPolicyError, category_of_logged, report
 from .runtime import DEFAULT_TIMEOUT, init_party
 from .tensor import SharedTensor, reveal_tensor, share_tensor
 
@@ -250,8 +251,8 @@ class RSS3PC(ParallelStrategy):
         self._secured = False
         self._plain_backup: Optional[dict] = None
         self._wrapped: list = []         # (object, attribute) pairs we patched, undone in teardown
-        self._openings: list = []        # OpeningRecord
-        self._accounted: list = []       # (start, end) ranges of party.audit made by the strategy
+        self.ledger = OpeningLedger(self.policy)  # enforces the policy on every opening of this party
+        self._openings: list = []        # in the launching process: the data owner's OpeningRecords
         self._party_audits: dict = {}    # in the launching process: {rank: [Opening]} from the parties
         self._party_unaccounted: list = []
         self._weights_revealed = False
@@ -397,7 +398,7 @@ class RSS3PC(ParallelStrategy):
             guard.enable(self._party)
         if hasattr(dist, "set_timeout"):  # the rendezvous may wait longer (start-up); every later op: our timeout
             dist.set_timeout(datetime.timedelta(seconds=self.timeout))
-        self._openings, self._accounted = [], []
+        self.ledger.attach(self._party, self._where)
         # logged values are opened to all parties and equal everywhere: Lightning's advice to sync them is moot
         warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(.*sync_dist=True\)`",
                                 category=PossibleUserWarning)
@@ -472,44 +473,41 @@ class RSS3PC(ParallelStrategy):
             self._reset_optimizers_and_schedulers()
         if self._party is not None:
             self._unpatch()
+            self.ledger.detach()
         super().teardown()
 
     def _open_weights(self) -> Optional[dict]:
         """Open the weights to the recipient of "weights" (the model owner by default); returns them there."""
         to = self.policy.check("weights")
-        n0 = len(self._party.audit)
-        sd = secure_nn.reveal_state_dict(self.lightning_module, self._party, to=None if to == ALL else to)
-        n1 = len(self._party.audit)
-        self._accounted.append((n0, n1))
-        for rec in self._party.audit.records[n0:n1]:
-            self._record("weights", rec.label, rec.shape, to)
+        with self.ledger.opening("weights", None, to):
+            sd = secure_nn.reveal_state_dict(self.lightning_module, self._party, to=None if to == ALL else to)
         if sd is None:
             return None
         return {k: v.detach().cpu() for k, v in sd.items()}
 
     # ---- openings -----------------------------------------------------------------------------------------------
-    def _record(self, what: str, name: str, shape, to, kind: str = "reveal") -> None:
+    def _where(self) -> tuple:
+        """(Lightning stage, global step) for the opening records."""
         lm = self.lightning_module
         trainer = lm._trainer if lm is not None else None
         stage = trainer.state.stage.value if trainer is not None and trainer.state.stage is not None else ""
         step = trainer.global_step if trainer is not None else -1
-        self._openings.append(OpeningRecord(what, str(name), tuple(shape), "all" if to == ALL else f"party {to}",
-                                            stage, step, kind))
+        return stage, step
 
     def reveal(self, value, what: str = "metrics", name: Optional[str] = None, *, need_all: bool = False):
         """Open every SharedTensor in `value` (a tensor or a collection) as the reveal policy allows for (what, name).
 
         Collective: all three parties must call it at the same point. Returns plaintext on the recipients and None
-        (per tensor) elsewhere. Raises RevealPolicyError (on every party) when the policy forbids it.
+        (per tensor) elsewhere. Raises RevealPolicyError (on every party, before anything is sent) when the policy
+        forbids it. This and the hooks built on it (self.log, metrics, predict_step) are the only ways to open a
+        value while the strategy runs: the ledger refuses any other opening (secure_lightning.ledger).
         """
         to = self.policy.check(what, name, need_all=need_all)
         self._guard_check()
 
         def open_one(t):
-            n0 = len(self._party.audit)
-            out = reveal_tensor(t.detach(), to=None if to == ALL else to, label=f"policy/{what}/{name or ''}")
-            self._accounted.append((n0, len(self._party.audit)))
-            self._record(what, name or what, t.shape, to)
+            with self.ledger.opening(what, name or what, to):
+                out = reveal_tensor(t.detach(), to=None if to == ALL else to, label=f"policy/{what}/{name or ''}")
             if out is not None and t.dtype != out.dtype:
                 out = out.round().to(t.dtype) if not t.dtype.is_floating_point else out.to(t.dtype)
             return out
@@ -521,14 +519,8 @@ class RSS3PC(ParallelStrategy):
         openings (one count per checked op, kind "guard"). Raises FixedPointOverflowError on every party."""
         if self._party is None or not guard.pending(self._party):
             return
-        n0 = len(self._party.audit)
-        try:
+        with self.ledger.guard_openings():
             guard.check(party=self._party)
-        finally:
-            n1 = len(self._party.audit)
-            self._accounted.append((n0, n1))
-            for rec in self._party.audit.records[n0:n1]:
-                self._record("guard", rec.label, rec.shape, ALL, kind="guard")
 
     # ---- steps: the overflow guard's checks -------------------------------------------------------------------
     def optimizer_step(self, optimizer, closure: Callable[[], Any], model=None, **kwargs: Any) -> Any:
@@ -550,20 +542,18 @@ class RSS3PC(ParallelStrategy):
     def openings(self) -> list:
         """Every opening made (OpeningRecord: what, name, shape, to, stage, step, kind). In the launching process:
         the data owner's record of the last run."""
-        return list(self._openings)
+        return list(self.ledger.records if self._party is not None else self._openings)
 
     def unaccounted_openings(self) -> list:
-        """Openings in party.audit not made through the reveal policy (direct reveal_tensor calls in user code)."""
+        """Openings in party.audit not made through the reveal policy. Empty while the strategy runs: the ledger
+        refuses such openings before anything is sent (kept to report openings made before it was attached)."""
         if self._party is None:
             return list(self._party_unaccounted)
-        covered = set()
-        for a, b in self._accounted:
-            covered.update(range(a, b))
-        return [o for i, o in enumerate(self._party.audit.records) if i not in covered]
+        return self.ledger.unaccounted()
 
     def opening_report(self) -> str:
-        """A table of every opening, grouped with counts; openings outside the policy are flagged."""
-        return report(self._openings, self.unaccounted_openings())
+        """A table of every opening, grouped with counts (a record of what the enforced policy let through)."""
+        return report(self.openings, self.unaccounted_openings())
 
     # ---- logging ------------------------------------------------------------------------------------------------
     def _open_logged(self, name: str, value):
@@ -658,7 +648,7 @@ class RSS3PC(ParallelStrategy):
         value = apply_to_collection(value, Tensor, lambda t: t.detach().cpu())
         out = self.channel.publish("metric", value, src, label=f"publish/{what}")
         shape = tuple(out.shape) if isinstance(out, Tensor) else ()
-        self._record(what, name, shape, ALL, kind="publish")
+        self.ledger.record(what, name, shape, ALL, kind="publish")
         return apply_to_collection(out, Tensor, lambda t: t.to(self.root_device))
 
     @property
@@ -937,7 +927,7 @@ class RSS3PC(ParallelStrategy):
         to_cpu = lambda t: t.detach().cpu()  # noqa: E731
         out = {"rank": r, "state": trainer.state, "results": apply_to_collection(results, Tensor, to_cpu),
                "callback_metrics": apply_to_collection(dict(trainer.callback_metrics), Tensor, to_cpu),
-               "openings": list(self._openings),
+               "openings": list(self.ledger.records),
                "audit": list(self._party.audit.records) if self._party is not None else [],
                "unaccounted": self.unaccounted_openings(),
                "comm": self._comm_totals()}

@@ -399,6 +399,57 @@ def test_disallowed_opening_is_refused(tmp_path):
         trainer.fit(model)
 
 
+class SneakyReveal(LinearRegressor):
+    """Opens its predictions outside the reveal policy in training_step, by a direct reveal_tensor or through
+    strategy.reveal under a name the policy forbids; each party records what its communicator sent and received for
+    that opening, then lets the error through."""
+
+    def __init__(self, out_dir: str = "", via: str = "reveal_tensor"):
+        super().__init__()
+        self.out_dir, self.via = out_dir, via
+
+    def training_step(self, batch, batch_idx):
+        from secure_lightning.tensor import reveal_tensor
+        x, y = batch
+        pred = self(x)
+        party = self.trainer.strategy.party
+        comm = party.comm
+        before = {k: c.bytes for k, c in comm.stats.snapshot().items()}
+        comm.record_received = []
+        n_audit = len(party.audit)
+        try:
+            if self.via == "reveal_tensor":
+                reveal_tensor(pred, label="sneak")
+            else:
+                self.trainer.strategy.reveal(pred, "metrics", "sneak")
+        except RevealPolicyError as e:
+            moved = {k: c.bytes - before.get(k, 0) for k, c in comm.stats.snapshot().items()
+                     if "sneak" in k or "policy" in k}
+            got = [label for label, _, _ in comm.record_received if "sneak" in label or "policy" in label]
+            opened = [o.label for o in party.audit.records[n_audit:]]  # the overflow guard's counts may precede
+            torch.save({"msg": str(e), "moved": moved, "received": got, "opened": opened},
+                       os.path.join(self.out_dir, f"party{party.rank}.pt"))
+            raise
+        finally:
+            comm.record_received = None
+        return F.mse_loss(pred, y)
+
+
+@pytest.mark.parametrize("via", ["reveal_tensor", "strategy.reveal"])
+def test_opening_outside_the_policy_is_refused_before_any_byte_moves(tmp_path, via):
+    model = SneakyReveal(str(tmp_path), via)
+    trainer = pl.Trainer(strategy=RSS3PC(timeout=TIMEOUT, reveal={"sneak": None}), max_steps=1,
+                         **trainer_kwargs(tmp_path))
+    words = "refused to open 'sneak'" if via == "reveal_tensor" else "does not allow opening metrics 'sneak'"
+    with pytest.raises(RevealPolicyError, match=words):
+        trainer.fit(model)
+    for r in range(3):  # every party refused on its own, and none sent or received a byte of the opening
+        seen = torch.load(tmp_path / f"party{r}.pt", weights_only=False)
+        assert words in seen["msg"]
+        assert seen["moved"] == {} and seen["received"] == [], seen
+        assert all(label.startswith("guard/") for label in seen["opened"]), seen
+
+
 class MetricLogger(LinearRegressor):
     def training_step(self, batch, batch_idx):
         x, y = batch
