@@ -183,7 +183,8 @@ def _int_list(v) -> bool:
 
 SCHEMAS: dict[str, Callable[[Any], bool]] = {
     "broadcast": _any_public,      # Lightning's strategy.broadcast: paths, flags, numbers (public by nature)
-    "metric": _scalar,             # a torchmetrics value the data owner computed, published to all
+    # a torchmetrics value the data owner computed, published to all: a scalar, or None (it stays with the owner)
+    "metric": lambda v: isinstance(v, dict) and set(v) == {"value"} and (v["value"] is None or _scalar(v["value"])),
     "batch_spec": _any_public,     # checked in detail by the strategy's batch-spec decoder
     "handshake": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
 }

@@ -70,7 +70,7 @@ from .tensor import SharedTensor, reveal_tensor, share_tensor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RSS3PC", "SharePrecision", "NoData", "PendingBatch", "party_path", "checkpoint_base"]
+__all__ = ["RSS3PC", "SharePrecision", "NoData", "OwnerHeld", "PendingBatch", "party_path", "checkpoint_base"]
 
 _BLOB = "__rss3pc_shares__"
 _STEP_HOOKS = ("training_step", "validation_step", "test_step", "predict_step")
@@ -164,6 +164,28 @@ class _PeerLoader:
             yield _PENDING
 
 
+class OwnerHeld:
+    """What a party other than the holder gets from a torchmetrics forward() whose value stays with the data owner
+    (it is published only when logged: self.log(name, value))."""
+
+    def __init__(self, metric: str, holder: int):
+        self.metric, self.holder = metric, holder
+
+    def __repr__(self):
+        return f"OwnerHeld(metric={self.metric!r}, held by party {self.holder})"
+
+
+def _as_scalar(value) -> Optional[Tensor]:
+    """A metric value as a 0-d CPU tensor if it is one number (a number or a one-element tensor), else None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return torch.tensor(value)
+    if isinstance(value, Tensor) and value.numel() == 1 and value.dim() <= 1:
+        return value.detach().cpu().reshape(())
+    return None
+
+
 class SharePrecision(Precision):
     """precision="32-true" on secret shares (fixed point over Z_2^64): clipping by value uses two secure ReLUs per
     element; clipping by norm is refused."""
@@ -251,6 +273,7 @@ class RSS3PC(ParallelStrategy):
         self._secured = False
         self._plain_backup: Optional[dict] = None
         self._wrapped: list = []         # (object, attribute) pairs we patched, undone in teardown
+        self._metrics: list = []         # the torchmetrics Metrics we wrapped (inside the parties)
         self.ledger = OpeningLedger(self.policy)  # enforces the policy on every opening of this party
         self._openings: list = []        # in the launching process: the data owner's OpeningRecords
         self._party_audits: dict = {}    # in the launching process: {rank: [Opening]} from the parties
@@ -426,6 +449,7 @@ class RSS3PC(ParallelStrategy):
                 except AttributeError:
                     pass
         self._wrapped = []
+        self._metrics = []
 
     # ---- model: share at setup, restore at teardown ----------------------------------------------------------
     def model_to_device(self) -> None:
@@ -557,6 +581,11 @@ class RSS3PC(ParallelStrategy):
 
     # ---- logging ------------------------------------------------------------------------------------------------
     def _open_logged(self, name: str, value):
+        """What Lightning logs under `name` on this party: shared values opened to all (policy first), a metric's
+        per-batch value published by the data owner (scalars the policy opens to all only)."""
+        metric = self._metric_of_logged(value)
+        if metric is not None:
+            return self._publish_logged_metric(name, value, metric)
         if isinstance(value, Mapping) or not _contains_shared(value):
             return value
         return self.reveal(value, category_of_logged(name), name, need_all=True)
@@ -575,21 +604,48 @@ class RSS3PC(ParallelStrategy):
         log_dict.__wrapped__ = orig
         return log_dict
 
-    # ---- torchmetrics: the recipient of "predictions" updates and computes, then publishes ------------------
+    # ---- torchmetrics: the recipient of "predictions" updates and computes; scalars may be published ----------
     def _wrap_metrics(self, lm) -> None:
         try:
             from torchmetrics import Metric
         except ImportError:  # pragma: no cover
             return
+        self._metrics = []
         for name, m in lm.named_modules():
             if isinstance(m, Metric) and not getattr(m, "_rss3pc_wrapped", False):
                 self._wrap_metric(name, m)
+                self._metrics.append(m)
+
+    def _metric_of_logged(self, value):
+        """The wrapped metric a logged value belongs to: the Metric itself, or its last forward() value (the data
+        owner's plaintext, or the OwnerHeld placeholder on the other parties); else None."""
+        for m in getattr(self, "_metrics", ()):
+            if value is m or (value is not None and value is m._rss3pc_state["last"]):
+                return m
+        return None
+
+    def _publish_logged_metric(self, name: str, value, m):
+        """Logging a metric or its forward() value: it must be a scalar the policy opens to all under `name` (else
+        RevealPolicyError / ValueError on every party). A pending forward() value is published now (and becomes the
+        metric's _forward_cache on every party, which Lightning reads for on_step logging)."""
+        self.policy.check(category_of_logged(name), name, need_all=True)
+        st = m._rss3pc_state
+        if value is m and not st["pending"]:
+            return value  # compute() publishes at epoch end
+        if not st["pending"]:
+            raise ValueError(f"RSS3PC: the value logged as {name!r} was already published")
+        out = self._publish_metric(m._forward_cache, st["holder"], category_of_logged(name), name, required=True)
+        st["pending"], st["last"] = False, None
+        m._forward_cache = out
+        return value if value is m else out
 
     def _wrap_metric(self, name: str, m) -> None:
         """Wrap a torchmetrics Metric: shared inputs are opened to the recipient of "predictions" (the data owner),
-        which alone updates the metric on plaintext; values computed there are published to all parties (a
-        "metrics" opening), so Lightning logs the same number everywhere. Torchmetrics' own process-group sync is
-        switched off (the other parties hold no state)."""
+        which alone updates the metric on plaintext. compute() publishes its value to all parties only if it is a
+        scalar the policy opens to all under the metric's name ("metrics"); any other result (vectors, curves,
+        matrices, CatMetric's concatenations) stays with the data owner and the others get None. A per-batch
+        forward() value stays with the data owner (the others get an OwnerHeld placeholder) unless it is logged,
+        which publishes it (scalars only). Torchmetrics' own process-group sync is switched off."""
         strategy = self
         m.sync_on_compute = False
         m.dist_sync_on_step = False
@@ -597,6 +653,7 @@ class RSS3PC(ParallelStrategy):
         orig_update, orig_compute = m.update, m.compute
         orig_forward = type(m).forward.__get__(m)
         inside = [False]  # Metric.forward calls update/compute itself: those run locally, not collectively
+        state = {"pending": False, "last": None, "holder": None}
 
         def holder_and_plain(args, kwargs):
             to = strategy.policy.check("predictions", f"metric/{name}")
@@ -624,9 +681,12 @@ class RSS3PC(ParallelStrategy):
                     out = orig_forward(*args, **kwargs)
                 finally:
                     inside[0] = False
-            if to != ALL:
-                out = strategy._publish_value(out, to, "metrics", name)
             m._forward_cache = out
+            if to == ALL:
+                return out
+            if not holds(to):
+                out = OwnerHeld(name, to)
+            state.update(pending=True, last=out, holder=to)
             return out
 
         def compute():
@@ -636,20 +696,38 @@ class RSS3PC(ParallelStrategy):
             if to == ALL:
                 return orig_compute()
             out = orig_compute() if strategy._party.rank == to else None
-            return strategy._publish_value(out, to, "metrics", name)
+            return strategy._publish_metric(out, to, "metrics", name, required=False)
 
         for attr, fn in (("update", update), ("forward", forward), ("compute", compute)):
             self._patch(m, attr, fn)
+        self._patch(m, "_rss3pc_state", state)
         self._patch(m, "_rss3pc_wrapped", True)
 
-    def _publish_value(self, value, src: int, what: str, name: str):
-        """Party `src` sends a plaintext value it holds to the others (policy: (what, name) must go to all)."""
-        self.policy.check(what, name, need_all=True)
-        value = apply_to_collection(value, Tensor, lambda t: t.detach().cpu())
-        out = self.channel.publish("metric", value, src, label=f"publish/{what}")
-        shape = tuple(out.shape) if isinstance(out, Tensor) else ()
-        self.ledger.record(what, name, shape, ALL, kind="publish")
-        return apply_to_collection(out, Tensor, lambda t: t.to(self.root_device))
+    def _publish_metric(self, value, src: int, what: str, name: str, *, required: bool):
+        """Party `src` holds a metric value in plaintext. If the policy opens (what, name) to all and the value is a
+        scalar, src publishes it and every party returns it; otherwise it stays with src (the others return None),
+        or, with `required` (the value is being logged), every party raises. Cost: 2 rounds, src sends about 100
+        bytes to each peer (nothing when the policy keeps the value with src)."""
+        rank = self._party.rank
+        if self.policy.recipient(what, name) != ALL:
+            if required:
+                self.policy.check(what, name, need_all=True)
+            return value if rank == src else None
+        msg = None
+        if rank == src:
+            msg = {"value": _as_scalar(value)}
+        msg = self.channel.publish("metric", msg, src, label=f"publish/{what}")
+        out = msg["value"]
+        if out is None:
+            if required:
+                raise ValueError(f"RSS3PC: {name!r} is logged, but the metric's value on the data owner is not a "
+                                 f"scalar: only scalars are published to all parties. Log a scalar, or use the value "
+                                 f"on the data owner (trainer.strategy.party.rank == {src}) only.")
+            return value if rank == src else None
+        self.ledger.record(what, name, tuple(out.shape), ALL, kind="publish")
+        if rank == src:
+            return value
+        return out.to(self.root_device)
 
     @property
     def channel(self) -> PublicChannel:
@@ -1001,6 +1079,7 @@ class RSS3PC(ParallelStrategy):
         state["_party"] = None
         state["_channel"] = None
         state["_wrapped"] = []
+        state["_metrics"] = []
         return state
 
 

@@ -450,6 +450,53 @@ def test_opening_outside_the_policy_is_refused_before_any_byte_moves(tmp_path, v
         assert all(label.startswith("guard/") for label in seen["opened"]), seen
 
 
+class ScoreCollector(LinearRegressor):
+    """Validation keeps every prediction in a CatMetric (a concatenation: per-example scores), logs a per-batch
+    MeanAbsoluteError through forward(), and records on every party what each party holds at the end."""
+
+    def __init__(self, out_dir: str = ""):
+        super().__init__()
+        import torchmetrics
+        self.out_dir = out_dir
+        self.scores = torchmetrics.CatMetric()
+        self.batch_mae = torchmetrics.MeanAbsoluteError()
+        self.unlogged_mae = torchmetrics.MeanAbsoluteError()
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        pred = self(x)
+        self.scores.update(pred)
+        self.log("batch_mae", self.batch_mae(pred, y))  # forward() value, logged: published (a scalar)
+        self.unlogged_mae(pred, y)                       # forward() value, not logged: stays with the data owner
+
+    def on_validation_epoch_end(self):
+        rank = self.trainer.strategy.party.rank
+        scores = self.scores.compute()  # a vector: stays with the data owner
+        held = {"scores": scores, "state": [t.clone() for t in self.scores.value],
+                "unlogged": self.unlogged_mae._forward_cache, "logged": self.batch_mae._forward_cache}
+        torch.save(held, os.path.join(self.out_dir, f"party{rank}.pt"))
+
+
+def test_catmetric_scores_stay_with_the_data_owner(tmp_path):
+    torch.manual_seed(0)
+    model = ScoreCollector(str(tmp_path))
+    x, y = regression_data()
+    trainer = pl.Trainer(strategy=RSS3PC(timeout=TIMEOUT), **trainer_kwargs(tmp_path))
+    (res,) = trainer.validate(model, DataLoader(TensorDataset(x, y), batch_size=16))
+    with torch.no_grad():
+        pred = model(x)
+    held = [torch.load(tmp_path / f"party{r}.pt", weights_only=False) for r in range(3)]
+    assert torch.allclose(held[0]["scores"], pred, atol=1e-3)  # the data owner has its scores
+    assert held[0]["unlogged"] is not None
+    for r in (1, 2):  # the others never see a score, in the result or in the metric's state
+        assert held[r]["scores"] is None and held[r]["state"] == [], held[r]
+        assert held[r]["unlogged"] is None
+        assert held[r]["logged"] is not None and held[r]["logged"].numel() == 1  # published: logged, a scalar
+    assert abs(res["batch_mae"] - (pred - y).abs().mean().item()) < 1e-3
+    published = {(o.name, o.shape) for o in trainer.strategy.openings if o.kind == "publish"}
+    assert published == {("batch_mae", ())}, published
+
+
 class MetricLogger(LinearRegressor):
     def training_step(self, batch, batch_idx):
         x, y = batch
