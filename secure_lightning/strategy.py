@@ -63,6 +63,7 @@ from .encoding import FixedPoint
 from .launcher import NoData, PartyLauncher
 from .protocols import guard
 from .protocols.sharing import Shares
+from .handshake import handshake, session_fields
 from .ledger import OpeningLedger
 from .reveal import ALL, RevealPolicy, RevealPolicyError, category_of_logged, report
 from .runtime import DEFAULT_TIMEOUT, init_party
@@ -417,11 +418,21 @@ class RSS3PC(ParallelStrategy):
                                  encoding=self.encoding, device=self.root_device,
                                  insecure_fast_prg=self.insecure_fast_prg,
                                  threads=1 if self._spawned_as is not None else None)
+        if self.insecure_fast_prg:
+            msg = (f"RSS3PC party {rank}: insecure_fast_prg=True: correlated randomness comes from torch's "
+                   f"predictable generator; shares and masks can be reconstructed. For benchmarks only, never with "
+                   f"real data.")
+            warnings.warn(msg, UserWarning, stacklevel=2)
+            log.warning(msg)
+        self.ledger.attach(self._party, self._where)
+        handshake(self.channel, session_fields(
+            frac_bits=self.encoding.frac_bits, insecure_prg=self._party.insecure_prg, policy=self.policy,
+            data_owner=self.data_owner, model_owner=self.model_owner, overflow_guard=self.overflow_guard,
+            module=self.lightning_module))
         if self.overflow_guard:
             guard.enable(self._party)
         if hasattr(dist, "set_timeout"):  # the rendezvous may wait longer (start-up); every later op: our timeout
             dist.set_timeout(datetime.timedelta(seconds=self.timeout))
-        self.ledger.attach(self._party, self._where)
         # logged values are opened to all parties and equal everywhere: Lightning's advice to sync them is moot
         warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(.*sync_dist=True\)`",
                                 category=PossibleUserWarning)

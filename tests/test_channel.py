@@ -109,3 +109,35 @@ def test_no_party_to_party_pickle_in_the_strategy():
     src = pathlib.Path(strategy_mod.__file__).read_text()
     for word in ("import pickle", "pickle.", "broadcast_object_list(", "frombuffer"):
         assert word not in src, word
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The start-up handshake (runs over the channel)
+
+def _handshake(party, overrides):
+    from secure_lightning.handshake import HandshakeError, handshake, session_fields
+    from secure_lightning.reveal import RevealPolicy
+    fields = session_fields(frac_bits=20, insecure_prg=False, policy=RevealPolicy.default(), data_owner=0,
+                            model_owner=0, overflow_guard=True, module=torch.nn.Linear(4, 2))
+    fields.update(overrides.get(party.rank, {}))
+    try:
+        handshake(PublicChannel(party), fields)
+    except HandshakeError as e:
+        return str(e)
+    return "ok"
+
+
+@pytest.mark.parametrize("overrides,words", [
+    ({}, None),
+    ({1: {"frac_bits": 16}}, "frac_bits differs (party 0: 20, party 1: 16, party 2: 20)"),
+    ({2: {"prg": "insecure-torch-mt19937"}}, "PRG kind differs"),
+    ({0: {"policy": {"rules": {"loss": None}, "data_owner": 0, "model_owner": 0}}}, "reveal policy differs"),
+    ({2: {"model": {"weight": [2, 5], "bias": [2]}}}, "model parameters (names and shapes) differs"),
+    ({1: {"version": "0.0.1"}}, "package version differs"),
+])
+def test_handshake_names_the_field_that_differs(parties, overrides, words):
+    out = parties.run(_handshake, overrides)
+    if words is None:
+        assert out == ["ok"] * 3
+    else:
+        assert len(set(out)) == 1 and words in out[0], out  # every party stops with the same error

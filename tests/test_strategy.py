@@ -497,6 +497,26 @@ def test_catmetric_scores_stay_with_the_data_owner(tmp_path):
     assert published == {("batch_mae", ())}, published
 
 
+class SkewedFracBits(RSS3PC):
+    """Party 1 is started with 16 fractional bits, the others with the default 20 (as if configured separately)."""
+
+    def setup_environment(self):
+        if os.environ.get("LOCAL_RANK") == "1":
+            from secure_lightning.encoding import FixedPoint
+            self.encoding = FixedPoint(16)
+        super().setup_environment()
+
+
+def test_frac_bits_mismatch_stops_all_parties_at_the_handshake(tmp_path):
+    from secure_lightning.handshake import HandshakeError
+    trainer = pl.Trainer(strategy=SkewedFracBits(timeout=TIMEOUT), max_steps=1, **trainer_kwargs(tmp_path))
+    with pytest.raises(HandshakeError, match=r"frac_bits differs \(party 0: 20, party 1: 16, party 2: 20\)") as info:
+        trainer.fit(LinearRegressor())
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    for r in range(3):  # each party raised the handshake error itself
+        assert f"party {r}: HandshakeError" in notes, notes
+
+
 class MetricLogger(LinearRegressor):
     def training_step(self, batch, batch_idx):
         x, y = batch
