@@ -60,7 +60,8 @@ from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from . import nn as secure_nn
 from .channel import ProtocolMessageError, PublicChannel
 from .encoding import FixedPoint
-from .launcher import NoData, PartyLauncher
+from .data import NoData, install_peer_sources
+from .launcher import PartyLauncher
 from .protocols import guard
 from .protocols.sharing import Shares
 from .handshake import handshake, session_fields
@@ -275,6 +276,7 @@ class RSS3PC(ParallelStrategy):
         self._plain_backup: Optional[dict] = None
         self._wrapped: list = []         # (object, attribute) pairs we patched, undone in teardown
         self._metrics: list = []         # the torchmetrics Metrics we wrapped (inside the parties)
+        self._data_plan: Optional[dict] = None  # set by the launcher: which dataloader sources the data owner has
         self.ledger = OpeningLedger(self.policy)  # enforces the policy on every opening of this party
         self._openings: list = []        # in the launching process: the data owner's OpeningRecords
         self._party_audits: dict = {}    # in the launching process: {rank: [Opening]} from the parties
@@ -442,9 +444,31 @@ class RSS3PC(ParallelStrategy):
         super().connect(model)
         if self._spawned_as is None and self._spawn:
             return  # the launching process on one machine: nothing runs here
+        rank = self._spawned_as[0] if self._spawned_as is not None else self.global_rank
+        plan = getattr(self, "_data_plan", None)
+        if rank != self.data_owner and plan is not None:
+            # this party has no data (the launcher left it out): its loops get placeholders, no hook is called
+            install_peer_sources(model.trainer, plan)
+        self._patch(model.trainer._data_connector, "prepare_data", self._make_prepare_data(rank == self.data_owner))
         self._patch(model, "log", self._make_log(model.log))
         self._patch(model, "log_dict", self._make_log_dict(model.log_dict))
         self._patch(model, "_on_before_batch_transfer", self._make_before_transfer(model._on_before_batch_transfer))
+
+    def _make_prepare_data(self, owner: bool) -> Callable:
+        """Lightning's DataConnector.prepare_data for a party: the data owner calls the DataModule's and the
+        LightningModule's prepare_data hooks, the others nothing. Lightning's version wraps each hook in a barrier
+        over all processes, which only the data owner (the only one with a DataModule) would enter."""
+        def prepare_data() -> None:
+            if not owner:
+                return
+            from pytorch_lightning.trainer import call
+            from pytorch_lightning.utilities.model_helpers import is_overridden
+            trainer = self.lightning_module.trainer
+            if trainer.datamodule is not None and is_overridden("prepare_data", trainer.datamodule):
+                call._call_lightning_datamodule_hook(trainer, "prepare_data")
+            if is_overridden("prepare_data", self.lightning_module):
+                call._call_lightning_module_hook(trainer, "prepare_data")
+        return prepare_data
 
     def _patch(self, obj, name: str, value) -> None:
         self._wrapped.append((obj, name, name in vars(obj), vars(obj).get(name)))
@@ -786,6 +810,9 @@ class RSS3PC(ParallelStrategy):
                 n = -1
             self._send_int(n, self.data_owner, "data/length")
             return _OwnerLoader(dataloader, self)
+        if not isinstance(dataloader, NoData):
+            log.warning(f"RSS3PC: party {self._party.rank} was given a {type(dataloader).__name__} as a dataloader; "
+                        f"only the data owner (party {self.data_owner}) reads data, so it is not used (pass NoData())")
         n = self._send_int(None, self.data_owner, "data/length")
         return _PeerLoader(None if n < 0 else n, self)
 

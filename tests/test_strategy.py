@@ -399,6 +399,75 @@ def test_disallowed_opening_is_refused(tmp_path):
         trainer.fit(model)
 
 
+def _refuse_outside_the_data_owner(what: str) -> None:
+    rank = os.environ.get("LOCAL_RANK")
+    if rank not in (None, "0"):
+        raise RuntimeError(f"{what} in party {rank}: only the data owner may touch the data")
+
+
+class OwnerOnlyDataModule(pl.LightningDataModule):
+    """Every hook, and being unpickled, fails outside the data owner (the launching process may build it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.x, self.y = regression_data()
+
+    def __setstate__(self, state):
+        _refuse_outside_the_data_owner("a DataModule unpickled")
+        self.__dict__.update(state)
+
+    def prepare_data(self):
+        _refuse_outside_the_data_owner("DataModule.prepare_data")
+
+    def setup(self, stage):
+        _refuse_outside_the_data_owner(f"DataModule.setup({stage})")
+
+    def train_dataloader(self):
+        _refuse_outside_the_data_owner("DataModule.train_dataloader")
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=8)
+
+    def val_dataloader(self):
+        _refuse_outside_the_data_owner("DataModule.val_dataloader")
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=16)
+
+
+class UnpicklableOutsideOwner(TensorDataset):
+    def __setstate__(self, state):
+        _refuse_outside_the_data_owner("a dataset unpickled")
+        self.__dict__.update(state)
+
+
+class HoldsItsData(LinearRegressor):
+    """Keeps its dataset as an attribute and builds its loader from it in a hook that fails outside the owner."""
+
+    def __init__(self):
+        super().__init__()
+        self.dataset = UnpicklableOutsideOwner(*regression_data())
+
+    def prepare_data(self):
+        _refuse_outside_the_data_owner("LightningModule.prepare_data")
+
+    def train_dataloader(self):
+        _refuse_outside_the_data_owner("LightningModule.train_dataloader")
+        return DataLoader(self.dataset, batch_size=8)
+
+
+def test_datamodule_and_dataset_attributes_stay_with_the_data_owner(tmp_path):
+    torch.manual_seed(0)
+    model = LinearRegressor()
+    want = plain_linear_training(model, steps=4)
+    trainer = pl.Trainer(strategy=RSS3PC(timeout=TIMEOUT), max_steps=4, limit_val_batches=1,
+                         **trainer_kwargs(tmp_path))
+    trainer.fit(model, datamodule=OwnerOnlyDataModule())
+    assert_close_state(dict(model.state_dict()), want, atol=2e-3)
+    assert "val_loss" in trainer.callback_metrics  # the validation loop ran in step on all three parties
+    torch.manual_seed(0)
+    model = HoldsItsData()
+    trainer = pl.Trainer(strategy=RSS3PC(timeout=TIMEOUT), max_steps=4, **trainer_kwargs(tmp_path))
+    trainer.fit(model)
+    assert_close_state(dict(model.state_dict()), want, atol=2e-3)
+
+
 class SneakyReveal(LinearRegressor):
     """Opens its predictions outside the reveal policy in training_step, by a direct reveal_tensor or through
     strategy.reveal under a name the policy forbids; each party records what its communicator sent and received for
