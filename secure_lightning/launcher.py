@@ -22,7 +22,6 @@ import traceback
 from typing import Any, Callable, Optional
 
 import torch
-from lightning_utilities.core.apply_func import apply_to_collection
 from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero_only
 
 import pytorch_lightning as pl
@@ -31,7 +30,7 @@ from pytorch_lightning.strategies.launchers.launcher import _Launcher
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from .data import NoData, data_plan, dumps_without_data, strip_data
+from .data import NoData, data_plan, dumps_without_data, strip_data  # noqa: F401 (NoData: public here too)
 
 
 GRACE_S = 10.0  # after the first failure, how long the other parties get (beyond the timeout) to stop by themselves

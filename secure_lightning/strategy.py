@@ -34,7 +34,6 @@ import datetime
 import logging
 import os
 import re
-import sys
 import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -58,9 +57,9 @@ from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signatu
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from . import nn as secure_nn
-from .channel import ProtocolMessageError, PublicChannel
+from .channel import PublicChannel
 from .encoding import FixedPoint
-from .data import NoData, install_peer_sources
+from .data import DataFeed, NoData, PendingBatch, install_peer_sources
 from .launcher import PartyLauncher
 from .protocols import guard
 from .protocols.sharing import Shares
@@ -68,7 +67,7 @@ from .handshake import handshake, session_fields
 from .ledger import OpeningLedger
 from .reveal import ALL, RevealPolicy, RevealPolicyError, category_of_logged, report
 from .runtime import DEFAULT_TIMEOUT, init_party
-from .tensor import SharedTensor, reveal_tensor, share_tensor
+from .tensor import SharedTensor, reveal_tensor
 
 log = logging.getLogger(__name__)
 
@@ -114,56 +113,6 @@ def _atomic_save(obj, path: str) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-class PendingBatch:
-    """What a party without the data gets from its stub loader: the data owner is about to share the real batch."""
-
-    def __repr__(self):
-        return "PendingBatch()"
-
-
-_PENDING = PendingBatch()
-
-
-class _OwnerLoader:
-    """The data owner's loader: iterates the user's loader and tells the other parties, per batch, that one came
-    (and when the epoch ended), so their stubs stay in step even for loaders without a length."""
-
-    def __init__(self, loader, strategy: "RSS3PC"):
-        self._loader = loader
-        self._strategy = strategy
-
-    def __len__(self):
-        return len(self._loader)
-
-    def __iter__(self):
-        for batch in self._loader:
-            self._strategy._batch_flag(1)
-            yield batch
-        self._strategy._batch_flag(0)
-
-    def __getattr__(self, name):
-        if name.startswith("__") or name in ("_loader", "_strategy", "state_dict", "load_state_dict"):
-            raise AttributeError(name)  # loader state stays with the owner: the others cannot mirror it
-        return getattr(self._loader, name)
-
-
-class _PeerLoader:
-    """A non-owner party's loader: as many PendingBatch placeholders as the data owner has batches."""
-
-    def __init__(self, length: Optional[int], strategy: "RSS3PC"):
-        self._length = length
-        self._strategy = strategy
-
-    def __len__(self):
-        if self._length is None:
-            raise TypeError("the data owner's loader has no length")
-        return self._length
-
-    def __iter__(self):
-        while self._strategy._batch_flag(None):
-            yield _PENDING
 
 
 class OwnerHeld:
@@ -272,6 +221,7 @@ class RSS3PC(ParallelStrategy):
         self._spawned_as = None          # (rank, addr, port) inside a process our launcher spawned
         self._party = None
         self._channel: Optional[PublicChannel] = None
+        self._feed: Optional[DataFeed] = None
         self._secured = False
         self._plain_backup: Optional[dict] = None
         self._wrapped: list = []         # (object, attribute) pairs we patched, undone in teardown
@@ -771,20 +721,6 @@ class RSS3PC(ParallelStrategy):
             self._channel = PublicChannel(self._party)
         return self._channel
 
-    def _send_int(self, value: Optional[int], src: int, label: str) -> int:
-        """Party `src` sends one public integer to both others. Cost: 1 round, 8 bytes to each peer from `src`."""
-        party = self._party
-        peers = [p for p in range(3) if p != src]
-        with party.label(f"strategy/{label}"):
-            if party.rank == src:
-                t = torch.tensor([int(value)], dtype=torch.int64)
-                party.comm.round({p: t for p in peers})
-                return int(value)
-            return int(party.comm.round({}, {src: ((1,), torch.int64)})[src][0])
-
-    def _batch_flag(self, value: Optional[int]) -> int:
-        return self._send_int(value, self.data_owner, "data/has_batch")
-
     def _agree(self, ok: bool, what: str) -> None:
         """Every party learns whether all three succeeded; all raise together if one did not. Cost: 1 round."""
         party = self._party
@@ -796,25 +732,17 @@ class RSS3PC(ParallelStrategy):
         if bad and ok:
             raise RuntimeError(f"RSS3PC: {what} failed in party {', '.join(map(str, sorted(bad)))} (see its error)")
 
-    # ---- data -----------------------------------------------------------------------------------------------------
+    # ---- data: the data owner's batches reach all three as shares (secure_lightning.data.DataFeed) -------------------
+    @property
+    def feed(self) -> DataFeed:
+        if self._feed is None or self._feed.party is not self._party:
+            self._feed = DataFeed(self._party, self.channel, self.data_owner)
+        return self._feed
+
     def process_dataloader(self, dataloader: object) -> object:
         if self._party is None:
             return dataloader
-        if self._party.rank == self.data_owner:
-            if isinstance(dataloader, NoData):
-                raise ValueError("RSS3PC: the data owner was given NoData() as a dataloader; pass the real loader "
-                                 "to the data owner's Trainer call")
-            try:
-                n = len(dataloader)
-            except (TypeError, NotImplementedError):
-                n = -1
-            self._send_int(n, self.data_owner, "data/length")
-            return _OwnerLoader(dataloader, self)
-        if not isinstance(dataloader, NoData):
-            log.warning(f"RSS3PC: party {self._party.rank} was given a {type(dataloader).__name__} as a dataloader; "
-                        f"only the data owner (party {self.data_owner}) reads data, so it is not used (pass NoData())")
-        n = self._send_int(None, self.data_owner, "data/length")
-        return _PeerLoader(None if n < 0 else n, self)
+        return self.feed.loader(dataloader)
 
     def _make_before_transfer(self, orig: Callable) -> Callable:
         def before(batch, dataloader_idx: int = 0):
@@ -824,55 +752,13 @@ class RSS3PC(ParallelStrategy):
         return before
 
     def batch_to_device(self, batch: Any, device: Optional[torch.device] = None, dataloader_idx: int = 0) -> Any:
-        """Secret-share the data owner's batch: float tensors as fixed point, integer and bool tensors (labels) as
-        integer SharedTensors; tuples, lists, dicts recursively. Cost: 3 rounds for the structure, then
-        `share_tensor` per tensor."""
+        """Secret-share the data owner's batch (DataFeed.share_batch), after the LightningModule's (and
+        DataModule's) batch transfer hooks ran on it in the data owner."""
         if self._party is None:
             return super().batch_to_device(batch, device, dataloader_idx)
-        party, owner = self._party, self.data_owner
-        if party.rank == owner:
-            if isinstance(batch, PendingBatch):
-                raise RuntimeError("RSS3PC internal error: the data owner got a placeholder batch")
-            lm = self.lightning_module
-            batch = lm._apply_batch_transfer_handler(batch, device=self.root_device, dataloader_idx=dataloader_idx)
-            leaves: list = []
-            try:
-                spec, err = _spec_of(batch, leaves, "batch"), None
-            except TypeError as e:
-                spec, err = None, str(e)
-            self.channel.publish("batch_spec", {"spec": spec, "error": err}, owner, label="data/batch_spec")
-        else:
-            msg = self.channel.publish("batch_spec", None, owner, label="data/batch_spec")
-            spec, err = msg["spec"], msg["error"]
-            if err is None:
-                _check_spec(spec, [0])
-            leaves = None
-        if err is not None:
-            raise TypeError(f"RSS3PC: {err}")
-        it = iter(leaves) if leaves is not None else None
-        counter = [0]
-
-        def build(s):
-            kind = s[0]
-            if kind == "T":
-                x = next(it) if it is not None else None
-                i = counter[0]
-                counter[0] += 1
-                return share_tensor(x, owner, party, label=f"batch/{i}")
-            if kind == "N":
-                return None
-            if kind == "L":
-                return [build(c) for c in s[1]]
-            if kind == "U":
-                return tuple(build(c) for c in s[1])
-            if kind == "NT":
-                return _namedtuple_class(s[1], s[2])(*[build(c) for c in s[3]])
-            if kind == "D":
-                cls = (_lookup_type(s[1], dict) if s[1] is not None else None) or dict
-                return cls((k, build(c)) for k, c in s[2])
-            raise AssertionError(kind)
-
-        return build(spec)
+        lm = self.lightning_module
+        return self.feed.share_batch(batch, lambda b: lm._apply_batch_transfer_handler(
+            b, device=self.root_device, dataloader_idx=dataloader_idx))
 
     # ---- steps ---------------------------------------------------------------------------------------------------
     def predict_step(self, *args: Any, **kwargs: Any) -> Any:
@@ -1116,107 +1002,14 @@ class RSS3PC(ParallelStrategy):
         state = super().__getstate__()
         state["_party"] = None
         state["_channel"] = None
+        state["_feed"] = None
         state["_wrapped"] = []
         state["_metrics"] = []
         return state
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Batch structure and share blobs
-
-def _type_ref(cls) -> dict:
-    return {"module": cls.__module__, "qualname": cls.__qualname__}
-
-
-def _spec_of(x, leaves: list, path: str):
-    """Public structure of a batch as plain data (the data owner's tensors go to `leaves`): ["T"] tensor, ["N"] None,
-    ["L"/"U", children] list/tuple, ["NT", type, fields, children] namedtuple, ["D", type or None, [[key, child]]]
-    dict; a type is named by {"module", "qualname"} and only looked up (never imported) on the other parties."""
-    if isinstance(x, Tensor):
-        if _is_shared(x):
-            raise TypeError(f"{path} is already secret-shared")
-        leaves.append(x)
-        return ["T"]
-    if x is None:
-        return ["N"]
-    if isinstance(x, tuple) and hasattr(x, "_fields"):
-        return ["NT", _type_ref(type(x)), list(x._fields),
-                [_spec_of(v, leaves, f"{path}.{f}") for f, v in zip(x._fields, x)]]
-    if isinstance(x, (list, tuple)):
-        return ["L" if isinstance(x, list) else "U", [_spec_of(v, leaves, f"{path}[{i}]") for i, v in enumerate(x)]]
-    if isinstance(x, dict):
-        for k in x:
-            if not isinstance(k, (str, int)) or isinstance(k, bool):
-                raise TypeError(f"{path} has a key of type {type(k).__name__}; batch dict keys must be str or int")
-        cls = None if type(x) is dict or not _rebuildable(type(x)) else _type_ref(type(x))
-        return ["D", cls, [[k, _spec_of(v, leaves, f"{path}[{k!r}]")] for k, v in x.items()]]
-    raise TypeError(f"the data owner's batch holds a {type(x).__name__} at {path}: only tensors (in tuples, lists, "
-                    f"dicts, or None) can be secret-shared. Turn it into a tensor or drop it in "
-                    f"on_before_batch_transfer / transfer_batch_to_device.")
-
-
-def _lookup_type(ref, base: type):
-    """The class a batch spec names, if this process has already loaded it and it is a subclass of `base`; else
-    None. Nothing is imported or called: a peer's message only selects among classes loaded here."""
-    if not (isinstance(ref, dict) and set(ref) == {"module", "qualname"} and all(isinstance(v, str) for v in
-                                                                                ref.values())):
-        raise ProtocolMessageError(f"batch spec: bad type reference {str(ref)[:100]!r}")
-    obj = sys.modules.get(ref["module"])
-    for part in ref["qualname"].split("."):
-        obj = vars(obj).get(part) if obj is not None and hasattr(obj, "__dict__") else None
-    return obj if isinstance(obj, type) and issubclass(obj, base) else None
-
-
-def _check_spec(s, count: list, depth: int = 0) -> None:
-    """Receivers: the batch spec a peer sent has the documented form (ProtocolMessageError otherwise)."""
-    def bad(why):
-        return ProtocolMessageError(f"batch spec from the data owner: {why}")
-    count[0] += 1
-    if depth > 32 or count[0] > 100_000:
-        raise bad("too deep or too large")
-    if not isinstance(s, list) or not s or not isinstance(s[0], str):
-        raise bad(f"bad node {str(s)[:80]!r}")
-    kind = s[0]
-    if kind in ("T", "N") and len(s) == 1:
-        return
-    if kind in ("L", "U") and len(s) == 2 and isinstance(s[1], list):
-        for c in s[1]:
-            _check_spec(c, count, depth + 1)
-        return
-    if (kind == "NT" and len(s) == 4 and isinstance(s[2], list) and isinstance(s[3], list)
-            and len(s[2]) == len(s[3]) and all(isinstance(f, str) and f.isidentifier() and not f.startswith("_")
-                                               for f in s[2])):
-        _lookup_type(s[1], tuple)
-        for c in s[3]:
-            _check_spec(c, count, depth + 1)
-        return
-    if kind == "D" and len(s) == 3 and isinstance(s[2], list):
-        if s[1] is not None:
-            _lookup_type(s[1], dict)
-        for item in s[2]:
-            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], (str, int))):
-                raise bad("dict entries must be [key, child]")
-            _check_spec(item[1], count, depth + 1)
-        return
-    raise bad(f"bad node {str(s)[:80]!r}")
-
-
-def _namedtuple_class(ref, fields: list):
-    cls = _lookup_type(ref, tuple)
-    if cls is not None and list(getattr(cls, "_fields", ())) == fields:
-        return cls
-    import collections
-    name = ref["qualname"].rpartition(".")[2]
-    return collections.namedtuple(name if name.isidentifier() else "Batch", fields)
-
-
-def _rebuildable(cls) -> bool:
-    try:
-        cls([])
-        return True
-    except Exception:
-        return False
-
+# Share blobs (checkpoints)
 
 def _to_blobs(obj):
     """Replace each SharedTensor by {_BLOB: True, cur, prev, dtype} (this party's int64 shares)."""
