@@ -19,6 +19,7 @@ import signal
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
@@ -34,6 +35,24 @@ from .data import NoData, data_plan, dumps_without_data, strip_data  # noqa: F40
 
 
 GRACE_S = 10.0  # after the first failure, how long the other parties get (beyond the timeout) to stop by themselves
+
+
+@dataclass
+class PartyOutput:
+    """What a party process hands back to the launching process (like Lightning's _WorkerOutput): public state only.
+    Written to a file by the party and read by the launching process, the same user on the same machine; parties
+    never exchange these."""
+    rank: int
+    state: Any                      # TrainerState
+    results: Any                    # the Trainer call's return value in this party (plaintext or None)
+    callback_metrics: dict
+    openings: list                  # OpeningRecords (secure_lightning.reveal)
+    audit: list                     # this party's party.audit records
+    unaccounted: list
+    comm: Optional[dict]            # communication totals
+    fit_loop: Optional[dict] = None
+    checkpoint_callbacks: list = field(default_factory=list)
+    weights: Optional[dict] = None  # the opened weights, in their recipient only
 
 
 class PartyFailedError(RuntimeError):
@@ -61,9 +80,9 @@ def _party_main(rank: int, result_dir: str, port: int) -> None:
             launcher, trainer, function, args, kwargs, rng_states = pickle.loads(f.read())
         _set_rng_states(rng_states)
         strategy = launcher._strategy
-        strategy._spawned_as = (rank, "127.0.0.1", port)
+        strategy.bind_spawned_process(rank, "127.0.0.1", port)
         results = function(*args, **kwargs)
-        out = strategy._party_results(trainer, results)
+        out = strategy.party_output(trainer, results)
         _atomic_write_bytes(os.path.join(result_dir, f"party{rank}.result"), pickle.dumps(out))
     except BaseException as e:  # report, then exit non-zero
         try:
@@ -129,7 +148,7 @@ class PartyLauncher(_Launcher):
     def launch(self, function: Callable, *args: Any, trainer: Optional["pl.Trainer"] = None, **kwargs: Any) -> Any:
         strategy = self._strategy
         if trainer is not None:
-            strategy._check_trainer(trainer)
+            strategy.check_trainer(trainer)
         if not self.spawn:
             return function(*args, **kwargs)
         if self._already_fit and trainer is not None and trainer.state.fn == TrainerFn.FITTING:
@@ -167,9 +186,9 @@ class PartyLauncher(_Launcher):
             shutil.rmtree(result_dir, ignore_errors=True)
             self.procs = []
         if trainer is None:
-            return outs[strategy.data_owner]["results"]
+            return outs[strategy.data_owner].results
         self._already_fit |= trainer.state.fn == TrainerFn.FITTING
-        return strategy._recover_results(trainer, outs)
+        return strategy.restore_outputs(trainer, outs)
 
     # ---- watching the parties ---------------------------------------------------------------------------------
     def _watch(self, result_dir: str) -> None:

@@ -60,7 +60,7 @@ from . import nn as secure_nn
 from .channel import PublicChannel
 from .encoding import FixedPoint
 from .data import DataFeed, NoData, PendingBatch, install_peer_sources
-from .launcher import PartyLauncher
+from .launcher import PartyLauncher, PartyOutput
 from .protocols import guard
 from .protocols.sharing import Shares
 from .handshake import handshake, session_fields
@@ -336,7 +336,7 @@ class RSS3PC(ParallelStrategy):
             raise ValueError(f"RSS3PC supports precision='32-true' only (secret shares are fixed point over "
                              f"Z_2^64, with {self.encoding.frac_bits} fractional bits); got precision={name!r}")
 
-    def _check_trainer(self, trainer: "pl.Trainer") -> None:
+    def check_trainer(self, trainer: "pl.Trainer") -> None:
         """Refuse, before any process starts, what the strategy cannot do."""
         clip = trainer.gradient_clip_val
         algo = trainer.gradient_clip_algorithm
@@ -443,7 +443,7 @@ class RSS3PC(ParallelStrategy):
             self.model.to(self.root_device)
 
     def setup(self, trainer: "pl.Trainer") -> None:
-        self._check_trainer(trainer)
+        self.check_trainer(trainer)
         assert self.accelerator is not None and self.lightning_module is not None
         self.accelerator.setup(trainer)
         for loop in (trainer.fit_loop.epoch_loop.val_loop, trainer.validate_loop, trainer.test_loop,
@@ -923,24 +923,23 @@ class RSS3PC(ParallelStrategy):
             optimizer.load_state_dict(_from_blobs(state, self._party))
 
     # ---- results back to the launching process --------------------------------------------------------------------
-    def _party_results(self, trainer: "pl.Trainer", results) -> dict:
-        """What a spawned party sends back (to files): public state, and its own results."""
+    def party_output(self, trainer: "pl.Trainer", results) -> PartyOutput:
+        """What a spawned party hands back to the launching process: public state, and its own results."""
         r = self._party.rank if self._party is not None else self.global_rank
         to_cpu = lambda t: t.detach().cpu()  # noqa: E731
-        out = {"rank": r, "state": trainer.state, "results": apply_to_collection(results, Tensor, to_cpu),
-               "callback_metrics": apply_to_collection(dict(trainer.callback_metrics), Tensor, to_cpu),
-               "openings": list(self.ledger.records),
-               "audit": list(self._party.audit.records) if self._party is not None else [],
-               "unaccounted": self.unaccounted_openings(),
-               "comm": self._comm_totals()}
+        out = PartyOutput(rank=r, state=trainer.state, results=apply_to_collection(results, Tensor, to_cpu),
+                          callback_metrics=apply_to_collection(dict(trainer.callback_metrics), Tensor, to_cpu),
+                          openings=list(self.ledger.records),
+                          audit=list(self._party.audit.records) if self._party is not None else [],
+                          unaccounted=self.unaccounted_openings(), comm=self._comm_totals())
         if trainer.state.fn == TrainerFn.FITTING:
-            out["fit_loop"] = trainer.fit_loop.state_dict()
-            out["checkpoint_callbacks"] = [
+            out.fit_loop = trainer.fit_loop.state_dict()
+            out.checkpoint_callbacks = [
                 {k: getattr(cb, k) for k in ("best_model_path", "best_model_score", "last_model_path",
                                              "best_k_models", "kth_best_model_path", "kth_value")
                  if hasattr(cb, k)} for cb in trainer.checkpoint_callbacks]
             if self._weights_revealed:
-                out["weights"] = {k: v.detach().cpu() for k, v in trainer.lightning_module.state_dict().items()}
+                out.weights = {k: v.detach().cpu() for k, v in trainer.lightning_module.state_dict().items()}
         return out
 
     def _comm_totals(self) -> dict | None:
@@ -960,32 +959,37 @@ class RSS3PC(ParallelStrategy):
             return {}
         return {**comm[0], "bytes_all_parties": sum(c["bytes"] for c in comm.values() if c)}
 
-    def _recover_results(self, trainer: "pl.Trainer", outs: list):
-        """In the launching process: put the parties' results where Lightning keeps them."""
+    def restore_outputs(self, trainer: "pl.Trainer", outs: list) -> Any:
+        """In the launching process: put the parties' PartyOutputs where Lightning keeps them; returns the results
+        of the Trainer call (predictions: those of their recipient)."""
         main = outs[self.data_owner]
-        trainer.state = main["state"]
-        trainer.callback_metrics.update(main["callback_metrics"])
-        self._openings = main["openings"]
-        self._party_audits = {o["rank"]: o["audit"] for o in outs}
-        self._party_unaccounted = main["unaccounted"]
-        self._party_comm = {o["rank"]: o.get("comm") for o in outs}
+        trainer.state = main.state
+        trainer.callback_metrics.update(main.callback_metrics)
+        self._openings = main.openings
+        self._party_audits = {o.rank: o.audit for o in outs}
+        self._party_unaccounted = main.unaccounted
+        self._party_comm = {o.rank: o.comm for o in outs}
         if trainer.state.fn == TrainerFn.FITTING:
             owner = self.policy.recipient("weights")
             src = outs[owner] if isinstance(owner, int) else outs[self.model_owner]
-            if src.get("weights") is not None:
-                trainer.lightning_module.load_state_dict(src["weights"], strict=True)
+            if src.weights is not None:
+                trainer.lightning_module.load_state_dict(src.weights, strict=True)
             try:
-                trainer.fit_loop.load_state_dict(main["fit_loop"])
+                trainer.fit_loop.load_state_dict(main.fit_loop)
                 trainer.fit_loop.restarting = False
             except Exception as e:  # pragma: no cover - best effort
                 log.debug(f"RSS3PC: could not restore the fit loop counters: {e}")
-            for cb, attrs in zip(trainer.checkpoint_callbacks, main.get("checkpoint_callbacks", [])):
+            for cb, attrs in zip(trainer.checkpoint_callbacks, main.checkpoint_callbacks):
                 for k, v in attrs.items():
                     setattr(cb, k, v)
         if trainer.state.fn == TrainerFn.PREDICTING:
             to = self.policy.recipient("predictions")
-            return outs[to]["results"] if isinstance(to, int) else main["results"]
-        return main["results"]
+            return outs[to].results if isinstance(to, int) else main.results
+        return main.results
+
+    def bind_spawned_process(self, rank: int, addr: str, port: int) -> None:
+        """Inside a party process the launcher started: this process is party `rank`, rendezvous at addr:port."""
+        self._spawned_as = (rank, addr, port)
 
     @property
     def party_audits(self) -> dict:
