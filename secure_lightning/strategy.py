@@ -33,7 +33,6 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import re
 import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -58,11 +57,11 @@ from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from . import nn as secure_nn
 from .channel import PublicChannel
+from .checkpoint_io import ShareCheckpointIO, checkpoint_base, from_blobs, party_path, to_blobs  # noqa: F401
 from .encoding import FixedPoint
 from .data import DataFeed, NoData, PendingBatch, install_peer_sources
 from .launcher import PartyLauncher, PartyOutput
 from .protocols import guard
-from .protocols.sharing import Shares
 from .handshake import handshake, session_fields
 from .ledger import OpeningLedger
 from .reveal import ALL, RevealPolicy, RevealPolicyError, category_of_logged, report
@@ -73,7 +72,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["RSS3PC", "SharePrecision", "NoData", "OwnerHeld", "PendingBatch", "party_path", "checkpoint_base"]
 
-_BLOB = "__rss3pc_shares__"
 _STEP_HOOKS = ("training_step", "validation_step", "test_step", "predict_step")
 
 
@@ -85,34 +83,6 @@ def _contains_shared(obj) -> bool:
     found = []
     apply_to_collection(obj, SharedTensor, lambda t: found.append(1))
     return bool(found)
-
-
-def party_path(path, rank: int) -> str:
-    """The file holding party `rank`'s shares of the checkpoint `path`."""
-    return f"{os.fspath(path)}.party{rank}"
-
-
-def checkpoint_base(path) -> str:
-    """The checkpoint a file belongs to: `x.ckpt.party1` and `x.ckpt.plain` -> `x.ckpt` (Lightning's "last" lookup
-    lists every file whose name contains "last", our per-party files included)."""
-    return re.sub(r"\.(party[0-2]|plain)$", "", os.fspath(path))
-
-
-def _atomic_save(obj, path: str) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace: readers never see a partial file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class OwnerHeld:
@@ -194,8 +164,11 @@ class RSS3PC(ParallelStrategy):
                  cluster_environment: Optional[ClusterEnvironment] = None,
                  checkpoint_io: Optional[CheckpointIO] = None,
                  precision_plugin: Optional[Precision] = None):
+        if checkpoint_io is not None and not isinstance(checkpoint_io, ShareCheckpointIO):
+            raise ValueError(f"RSS3PC writes one share file per party and needs a ShareCheckpointIO, got "
+                             f"checkpoint_io={type(checkpoint_io).__name__}")
         super().__init__(accelerator=accelerator, parallel_devices=None, cluster_environment=cluster_environment,
-                         checkpoint_io=checkpoint_io, precision_plugin=precision_plugin)
+                         checkpoint_io=checkpoint_io or ShareCheckpointIO(), precision_plugin=precision_plugin)
         for name, r in (("data_owner", data_owner), ("model_owner", model_owner)):
             if r not in (0, 1, 2):
                 raise ValueError(f"RSS3PC({name}={r!r}): parties are 0, 1 and 2")
@@ -377,6 +350,7 @@ class RSS3PC(ParallelStrategy):
             warnings.warn(msg, UserWarning, stacklevel=2)
             log.warning(msg)
         self.ledger.attach(self._party, self._where)
+        self.checkpoint_io.bind(self._party.rank, self.encoding.frac_bits)
         handshake(self.channel, session_fields(
             frac_bits=self.encoding.frac_bits, insecure_prg=self._party.insecure_prg, policy=self.policy,
             data_owner=self.data_owner, model_owner=self.model_owner, overflow_guard=self.overflow_guard,
@@ -845,7 +819,7 @@ class RSS3PC(ParallelStrategy):
         return super().lightning_module_state_dict()
 
     def optimizer_state(self, optimizer) -> dict:
-        return _to_blobs(super().optimizer_state(optimizer))
+        return to_blobs(super().optimizer_state(optimizer))
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options: Optional[Any] = None) -> None:
         """Party r writes its shares to `<filepath>.party<r>` and the public part (no state_dict, no optimizer
@@ -854,16 +828,7 @@ class RSS3PC(ParallelStrategy):
             raise TypeError("RSS3PC.save_checkpoint does not take storage_options")
         if self._party is None:
             raise RuntimeError("RSS3PC: checkpoints are written by the parties (inside fit/validate/...)")
-        r = self._party.rank
-        meta = {"party": r, "frac_bits": self.encoding.frac_bits, "format": 1,
-                "share_files": [os.path.basename(party_path(filepath, p)) for p in range(3)]}
-        full = _to_blobs(dict(checkpoint))
-        full["secure_lightning"] = meta
-        _atomic_save(full, party_path(filepath, r))
-        public = {k: _strip_blobs(v) for k, v in full.items() if k not in ("state_dict", "optimizer_states")}
-        public["secure_lightning"] = dict(meta, party=None,
-                                          note="public part only: the shares are in the .party<r> files")
-        _atomic_save(public, os.fspath(filepath))
+        self.checkpoint_io.save_checkpoint(to_blobs(dict(checkpoint)), filepath)
         if self.export_plaintext_on_save:
             self.export_plaintext(f"{os.fspath(filepath)}.plain", checkpoint)
 
@@ -873,39 +838,20 @@ class RSS3PC(ParallelStrategy):
         sd = self._open_weights()
         if sd is None:
             return
-        out = {k: _strip_blobs(v) for k, v in (checkpoint or {}).items()
-               if k not in ("state_dict", "optimizer_states")}
-        out["state_dict"] = sd
-        out["secure_lightning"] = {"plaintext": True, "frac_bits": self.encoding.frac_bits}
-        _atomic_save(out, os.fspath(filepath))
+        self.checkpoint_io.save_plaintext(checkpoint or {}, sd, filepath)
 
     def remove_checkpoint(self, filepath) -> None:
         if self._party is None:
             return
-        for p in (party_path(filepath, self._party.rank), os.fspath(filepath), f"{os.fspath(filepath)}.plain"):
-            try:
-                os.remove(p)
-            except FileNotFoundError:
-                pass
+        self.checkpoint_io.remove_checkpoint(filepath)
 
     def load_checkpoint(self, checkpoint_path, weights_only: Optional[bool] = None) -> dict:
         if self._party is None:
             return super().load_checkpoint(checkpoint_path, weights_only)
-        r = self._party.rank
         checkpoint_path = checkpoint_base(checkpoint_path)
-        path = party_path(checkpoint_path, r)
         ckpt, err = None, None
         try:
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"party {r}: share file {path} not found (an RSS3PC checkpoint is one file per "
-                                        f"party, <path>.party<r>; pass the path without the suffix)")
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-            meta = ckpt.get("secure_lightning") or {}
-            if meta.get("party") != r:
-                raise ValueError(f"party {r}: {path} holds the shares of party {meta.get('party')}")
-            if meta.get("frac_bits") != self.encoding.frac_bits:
-                raise ValueError(f"party {r}: {path} uses {meta.get('frac_bits')} fractional bits, this run "
-                                 f"{self.encoding.frac_bits}")
+            ckpt = self.checkpoint_io.load_checkpoint(checkpoint_path)
         except Exception as e:
             err = e
         self._agree(err is None, f"loading checkpoint {checkpoint_path}")
@@ -920,7 +866,7 @@ class RSS3PC(ParallelStrategy):
 
     def load_optimizer_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
         for optimizer, state in zip(self.optimizers, checkpoint["optimizer_states"]):
-            optimizer.load_state_dict(_from_blobs(state, self._party))
+            optimizer.load_state_dict(from_blobs(state, self._party))
 
     # ---- results back to the launching process --------------------------------------------------------------------
     def party_output(self, trainer: "pl.Trainer", results) -> PartyOutput:
@@ -1010,40 +956,6 @@ class RSS3PC(ParallelStrategy):
         state["_wrapped"] = []
         state["_metrics"] = []
         return state
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Share blobs (checkpoints)
-
-def _to_blobs(obj):
-    """Replace each SharedTensor by {_BLOB: True, cur, prev, dtype} (this party's int64 shares)."""
-    return apply_to_collection(obj, SharedTensor, lambda t: {
-        _BLOB: True, "cur": t.shares.cur.detach().cpu().clone(), "prev": t.shares.prev.detach().cpu().clone(),
-        "dtype": str(t.dtype).replace("torch.", "")})
-
-
-def _from_blobs(obj, party):
-    if isinstance(obj, dict):
-        if obj.get(_BLOB):
-            dev = party.device
-            return SharedTensor.from_shares(Shares(obj["cur"].to(dev), obj["prev"].to(dev)), party,
-                                              dtype=getattr(torch, obj["dtype"]))
-        return type(obj)((k, _from_blobs(v, party)) for k, v in obj.items())
-    if isinstance(obj, list):
-        return [_from_blobs(v, party) for v in obj]
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(_from_blobs(v, party) for v in obj)
-    return obj
-
-
-def _strip_blobs(obj):
-    if isinstance(obj, dict):
-        if obj.get(_BLOB):
-            return "<secret-shared: see the .party<r> files>"
-        return {k: _strip_blobs(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_strip_blobs(v) for v in obj]
-    return obj
 
 
 if RSS3PC.strategy_name not in StrategyRegistry:
