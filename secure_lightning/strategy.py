@@ -58,15 +58,15 @@ from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from . import nn as secure_nn
 from .channel import PublicChannel
 from .checkpoint_io import ShareCheckpointIO, checkpoint_base, from_blobs, party_path, to_blobs  # noqa: F401
-from .encoding import FixedPoint
 from .data import DataFeed, NoData, PendingBatch, install_peer_sources
-from .launcher import PartyLauncher, PartyOutput
-from .protocols import guard
+from .encoding import FixedPoint
 from .handshake import handshake, session_fields
-from .ledger import OpeningLedger
-from .reveal import ALL, RevealPolicy, RevealPolicyError, category_of_logged, report
+from .launcher import PartyLauncher, PartyOutput
+from .ledger import OpeningLedger, OwnerHeld  # noqa: F401 (OwnerHeld: public here too)
+from .protocols import guard
+from .reveal import RevealPolicy, RevealPolicyError, report
 from .runtime import DEFAULT_TIMEOUT, init_party
-from .tensor import SharedTensor, reveal_tensor
+from .tensor import SharedTensor
 
 log = logging.getLogger(__name__)
 
@@ -83,28 +83,6 @@ def _contains_shared(obj) -> bool:
     found = []
     apply_to_collection(obj, SharedTensor, lambda t: found.append(1))
     return bool(found)
-
-
-class OwnerHeld:
-    """What a party other than the holder gets from a torchmetrics forward() whose value stays with the data owner
-    (it is published only when logged: self.log(name, value))."""
-
-    def __init__(self, metric: str, holder: int):
-        self.metric, self.holder = metric, holder
-
-    def __repr__(self):
-        return f"OwnerHeld(metric={self.metric!r}, held by party {self.holder})"
-
-
-def _as_scalar(value) -> Optional[Tensor]:
-    """A metric value as a 0-d CPU tensor if it is one number (a number or a one-element tensor), else None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return torch.tensor(value)
-    if isinstance(value, Tensor) and value.numel() == 1 and value.dim() <= 1:
-        return value.detach().cpu().reshape(())
-    return None
 
 
 class SharePrecision(Precision):
@@ -198,7 +176,6 @@ class RSS3PC(ParallelStrategy):
         self._secured = False
         self._plain_backup: Optional[dict] = None
         self._wrapped: list = []         # (object, attribute) pairs we patched, undone in teardown
-        self._metrics: list = []         # the torchmetrics Metrics we wrapped (inside the parties)
         self._data_plan: Optional[dict] = None  # set by the launcher: which dataloader sources the data owner has
         self.ledger = OpeningLedger(self.policy)  # enforces the policy on every opening of this party
         self._openings: list = []        # in the launching process: the data owner's OpeningRecords
@@ -349,7 +326,7 @@ class RSS3PC(ParallelStrategy):
                    f"real data.")
             warnings.warn(msg, UserWarning, stacklevel=2)
             log.warning(msg)
-        self.ledger.attach(self._party, self._where)
+        self.ledger.attach(self._party, self.channel, self._where)
         self.checkpoint_io.bind(self._party.rank, self.encoding.frac_bits)
         handshake(self.channel, session_fields(
             frac_bits=self.encoding.frac_bits, insecure_prg=self._party.insecure_prg, policy=self.policy,
@@ -374,8 +351,8 @@ class RSS3PC(ParallelStrategy):
             # this party has no data (the launcher left it out): its loops get placeholders, no hook is called
             install_peer_sources(model.trainer, plan)
         self._patch(model.trainer._data_connector, "prepare_data", self._make_prepare_data(rank == self.data_owner))
-        self._patch(model, "log", self._make_log(model.log))
-        self._patch(model, "log_dict", self._make_log_dict(model.log_dict))
+        self._patch(model, "log", self.ledger.wrap_log(model.log))
+        self._patch(model, "log_dict", self.ledger.wrap_log_dict(model.log_dict))
         self._patch(model, "_on_before_batch_transfer", self._make_before_transfer(model._on_before_batch_transfer))
 
     def _make_prepare_data(self, owner: bool) -> Callable:
@@ -408,7 +385,6 @@ class RSS3PC(ParallelStrategy):
                 except AttributeError:
                     pass
         self._wrapped = []
-        self._metrics = []
 
     # ---- model: share at setup, restore at teardown ----------------------------------------------------------
     def model_to_device(self) -> None:
@@ -425,7 +401,7 @@ class RSS3PC(ParallelStrategy):
             loop.inference_mode = False  # SharedTensor autograd-free ops run under no_grad
         self.model_to_device()
         self._secure_model()
-        self._wrap_metrics(self.lightning_module)
+        self.ledger.wrap_metrics(self.lightning_module, self._patch)
         if trainer.state.fn == TrainerFn.FITTING:
             self.setup_optimizers(trainer)
         self.setup_precision_plugin()
@@ -461,12 +437,7 @@ class RSS3PC(ParallelStrategy):
 
     def _open_weights(self) -> Optional[dict]:
         """Open the weights to the recipient of "weights" (the model owner by default); returns them there."""
-        to = self.policy.check("weights")
-        with self.ledger.opening("weights", None, to):
-            sd = secure_nn.reveal_state_dict(self.lightning_module, self._party, to=None if to == ALL else to)
-        if sd is None:
-            return None
-        return {k: v.detach().cpu() for k, v in sd.items()}
+        return self.ledger.open_weights(self.lightning_module)
 
     # ---- openings -----------------------------------------------------------------------------------------------
     def _where(self) -> tuple:
@@ -485,25 +456,12 @@ class RSS3PC(ParallelStrategy):
         forbids it. This and the hooks built on it (self.log, metrics, predict_step) are the only ways to open a
         value while the strategy runs: the ledger refuses any other opening (secure_lightning.ledger).
         """
-        to = self.policy.check(what, name, need_all=need_all)
-        self._guard_check()
-
-        def open_one(t):
-            with self.ledger.opening(what, name or what, to):
-                out = reveal_tensor(t.detach(), to=None if to == ALL else to, label=f"policy/{what}/{name or ''}")
-            if out is not None and t.dtype != out.dtype:
-                out = out.round().to(t.dtype) if not t.dtype.is_floating_point else out.to(t.dtype)
-            return out
-
-        return apply_to_collection(value, SharedTensor, open_one)
+        return self.ledger.reveal(value, what, name, need_all=need_all)
 
     def _guard_check(self) -> None:
-        """Run the overflow guard's pending checks (all parties together; protocols/guard.check) and record its
-        openings (one count per checked op, kind "guard"). Raises FixedPointOverflowError on every party."""
-        if self._party is None or not guard.pending(self._party):
-            return
-        with self.ledger.guard_openings():
-            guard.check(party=self._party)
+        """Run the overflow guard's pending checks (OpeningLedger.guard_check)."""
+        if self._party is not None:
+            self.ledger.guard_check()
 
     # ---- steps: the overflow guard's checks -------------------------------------------------------------------
     def optimizer_step(self, optimizer, closure: Callable[[], Any], model=None, **kwargs: Any) -> Any:
@@ -537,156 +495,6 @@ class RSS3PC(ParallelStrategy):
     def opening_report(self) -> str:
         """A table of every opening, grouped with counts (a record of what the enforced policy let through)."""
         return report(self.openings, self.unaccounted_openings())
-
-    # ---- logging ------------------------------------------------------------------------------------------------
-    def _open_logged(self, name: str, value):
-        """What Lightning logs under `name` on this party: shared values opened to all (policy first), a metric's
-        per-batch value published by the data owner (scalars the policy opens to all only)."""
-        metric = self._metric_of_logged(value)
-        if metric is not None:
-            return self._publish_logged_metric(name, value, metric)
-        if isinstance(value, Mapping) or not _contains_shared(value):
-            return value
-        return self.reveal(value, category_of_logged(name), name, need_all=True)
-
-    def _make_log(self, orig: Callable) -> Callable:
-        def log(name: str, value, *args, **kwargs):
-            return orig(name, self._open_logged(name, value), *args, **kwargs)
-        log.__wrapped__ = orig
-        return log
-
-    def _make_log_dict(self, orig: Callable) -> Callable:
-        def log_dict(dictionary, *args, **kwargs):
-            if isinstance(dictionary, Mapping):
-                dictionary = {k: self._open_logged(k, v) for k, v in dictionary.items()}
-            return orig(dictionary, *args, **kwargs)
-        log_dict.__wrapped__ = orig
-        return log_dict
-
-    # ---- torchmetrics: the recipient of "predictions" updates and computes; scalars may be published ----------
-    def _wrap_metrics(self, lm) -> None:
-        try:
-            from torchmetrics import Metric
-        except ImportError:  # pragma: no cover
-            return
-        self._metrics = []
-        for name, m in lm.named_modules():
-            if isinstance(m, Metric) and not getattr(m, "_rss3pc_wrapped", False):
-                self._wrap_metric(name, m)
-                self._metrics.append(m)
-
-    def _metric_of_logged(self, value):
-        """The wrapped metric a logged value belongs to: the Metric itself, or its last forward() value (the data
-        owner's plaintext, or the OwnerHeld placeholder on the other parties); else None."""
-        for m in getattr(self, "_metrics", ()):
-            if value is m or (value is not None and value is m._rss3pc_state["last"]):
-                return m
-        return None
-
-    def _publish_logged_metric(self, name: str, value, m):
-        """Logging a metric or its forward() value: it must be a scalar the policy opens to all under `name` (else
-        RevealPolicyError / ValueError on every party). A pending forward() value is published now (and becomes the
-        metric's _forward_cache on every party, which Lightning reads for on_step logging)."""
-        self.policy.check(category_of_logged(name), name, need_all=True)
-        st = m._rss3pc_state
-        if value is m and not st["pending"]:
-            return value  # compute() publishes at epoch end
-        if not st["pending"]:
-            raise ValueError(f"RSS3PC: the value logged as {name!r} was already published")
-        out = self._publish_metric(m._forward_cache, st["holder"], category_of_logged(name), name, required=True)
-        st["pending"], st["last"] = False, None
-        m._forward_cache = out
-        return value if value is m else out
-
-    def _wrap_metric(self, name: str, m) -> None:
-        """Wrap a torchmetrics Metric: shared inputs are opened to the recipient of "predictions" (the data owner),
-        which alone updates the metric on plaintext. compute() publishes its value to all parties only if it is a
-        scalar the policy opens to all under the metric's name ("metrics"); any other result (vectors, curves,
-        matrices, CatMetric's concatenations) stays with the data owner and the others get None. A per-batch
-        forward() value stays with the data owner (the others get an OwnerHeld placeholder) unless it is logged,
-        which publishes it (scalars only). Torchmetrics' own process-group sync is switched off."""
-        strategy = self
-        m.sync_on_compute = False
-        m.dist_sync_on_step = False
-        m._to_sync = False  # torchmetrics copied sync_on_compute at construction: its compute would all_gather
-        orig_update, orig_compute = m.update, m.compute
-        orig_forward = type(m).forward.__get__(m)
-        inside = [False]  # Metric.forward calls update/compute itself: those run locally, not collectively
-        state = {"pending": False, "last": None, "holder": None}
-
-        def holder_and_plain(args, kwargs):
-            to = strategy.policy.check("predictions", f"metric/{name}")
-            args, kwargs = strategy.reveal((args, kwargs), "predictions", f"metric/{name}")
-            return to, args, kwargs
-
-        def holds(to) -> bool:
-            return to == ALL or to == strategy._party.rank
-
-        def update(*args, **kwargs):
-            if inside[0] or not _contains_shared((args, kwargs)):
-                return orig_update(*args, **kwargs)
-            to, args, kwargs = holder_and_plain(args, kwargs)
-            if holds(to):
-                orig_update(*args, **kwargs)
-
-        def forward(*args, **kwargs):
-            if inside[0] or not _contains_shared((args, kwargs)):
-                return orig_forward(*args, **kwargs)
-            to, args, kwargs = holder_and_plain(args, kwargs)
-            out = None
-            if holds(to):
-                inside[0] = True
-                try:
-                    out = orig_forward(*args, **kwargs)
-                finally:
-                    inside[0] = False
-            m._forward_cache = out
-            if to == ALL:
-                return out
-            if not holds(to):
-                out = OwnerHeld(name, to)
-            state.update(pending=True, last=out, holder=to)
-            return out
-
-        def compute():
-            if inside[0]:
-                return orig_compute()
-            to = strategy.policy.check("predictions", f"metric/{name}")
-            if to == ALL:
-                return orig_compute()
-            out = orig_compute() if strategy._party.rank == to else None
-            return strategy._publish_metric(out, to, "metrics", name, required=False)
-
-        for attr, fn in (("update", update), ("forward", forward), ("compute", compute)):
-            self._patch(m, attr, fn)
-        self._patch(m, "_rss3pc_state", state)
-        self._patch(m, "_rss3pc_wrapped", True)
-
-    def _publish_metric(self, value, src: int, what: str, name: str, *, required: bool):
-        """Party `src` holds a metric value in plaintext. If the policy opens (what, name) to all and the value is a
-        scalar, src publishes it and every party returns it; otherwise it stays with src (the others return None),
-        or, with `required` (the value is being logged), every party raises. Cost: 2 rounds, src sends about 100
-        bytes to each peer (nothing when the policy keeps the value with src)."""
-        rank = self._party.rank
-        if self.policy.recipient(what, name) != ALL:
-            if required:
-                self.policy.check(what, name, need_all=True)
-            return value if rank == src else None
-        msg = None
-        if rank == src:
-            msg = {"value": _as_scalar(value)}
-        msg = self.channel.publish("metric", msg, src, label=f"publish/{what}")
-        out = msg["value"]
-        if out is None:
-            if required:
-                raise ValueError(f"RSS3PC: {name!r} is logged, but the metric's value on the data owner is not a "
-                                 f"scalar: only scalars are published to all parties. Log a scalar, or use the value "
-                                 f"on the data owner (trainer.strategy.party.rank == {src}) only.")
-            return value if rank == src else None
-        self.ledger.record(what, name, tuple(out.shape), ALL, kind="publish")
-        if rank == src:
-            return value
-        return out.to(self.root_device)
 
     @property
     def channel(self) -> PublicChannel:
@@ -954,7 +762,6 @@ class RSS3PC(ParallelStrategy):
         state["_channel"] = None
         state["_feed"] = None
         state["_wrapped"] = []
-        state["_metrics"] = []
         return state
 
 
