@@ -14,8 +14,9 @@ owner's length and receive shares instead of batches.
 Reveal policy. Nothing is opened unless `RSS3PC(reveal=...)` allows it (see `secure_lightning.reveal`): by default
 logged losses and metrics go to all parties (so progress bar, loggers and callbacks work and agree), predictions to
 the data owner and weights to the model owner. `self.log`/`self.log_dict` open shared values collectively; a value
-the policy does not allow raises `RevealPolicyError` on every party. `strategy.openings` / `strategy.opening_report()`
-list every opening (also in the launching process after the run).
+the policy does not allow raises `RevealPolicyError` on every party before anything is sent, and so does any other
+opening (a direct reveal_tensor): the ledger gates them all. `strategy.openings` / `strategy.opening_report()` list
+every opening (also in the launching process after the run).
 
 Launch. On one machine the strategy starts the three party processes itself (CPU: gloo, one thread each; CUDA: one
 party per GPU with three GPUs and NCCL, otherwise all three on one GPU with gloo transport). On three hosts use
@@ -25,6 +26,11 @@ on each host (or torchrun); on hosts other than the data owner pass `secure_ligh
 Checkpoints. Every party writes its own shares atomically to `<path>.party<r>` (and a public manifest without shares
 to `<path>`); `ckpt_path=<path>` (or "last"/"best") restores all three exactly. `export_plaintext(path)` (or
 `RSS3PC(export_plaintext=True)` on every checkpoint) writes the model owner's plaintext `state_dict`.
+
+Pieces (each its own module, as Lightning's DDPStrategy delegates to its launcher and plugins): the party-to-party
+channel for public messages (channel.py), the start-up handshake (handshake.py), the opening ledger that enforces
+the policy and makes every opening, with the log and metric wrappers (ledger.py), data feeding (data.py), the share
+checkpoint files (checkpoint_io.py, a CheckpointIO) and the launcher with its typed PartyOutput (launcher.py).
 
 Threat model: semi-honest parties, honest majority (no two parties collude); see the README.
 """
