@@ -187,6 +187,9 @@ SCHEMAS: dict[str, Callable[[Any], bool]] = {
     "metric": lambda v: isinstance(v, dict) and set(v) == {"value"} and (v["value"] is None or _scalar(v["value"])),
     "batch_spec": _any_public,     # checked in detail by the strategy's batch-spec decoder
     "handshake": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+    # which dataloader sources the data owner has (three hosts): {hook name: defined}
+    "data_plan": lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, bool)
+                                                       for k, x in v.items()),
 }
 
 

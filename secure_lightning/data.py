@@ -130,12 +130,22 @@ class PeerDataSource(_DataLoaderSource):
         return False
 
 
+def _loops(trainer: "pl.Trainer") -> dict:
+    return {"train_dataloader": [trainer.fit_loop],
+            "val_dataloader": [trainer.fit_loop.epoch_loop.val_loop, trainer.validate_loop],
+            "test_dataloader": [trainer.test_loop], "predict_dataloader": [trainer.predict_loop]}
+
+
+def owner_plan(trainer: "pl.Trainer") -> dict:
+    """{hook: defined} from the data owner's attached sources (no hook is called). On three hosts the data owner
+    publishes it and the others install PeerDataSources from it (the launcher does this on one machine)."""
+    loops = _loops(trainer)
+    return {hook: any(loop._data_source.is_defined() for loop in owners) for hook, owners in loops.items()}
+
+
 def install_peer_sources(trainer: "pl.Trainer", plan: dict) -> None:
     """Replace every loop's dataloader source in a non-owner party (see the module docstring)."""
-    loops = {"train_dataloader": [trainer.fit_loop],
-             "val_dataloader": [trainer.fit_loop.epoch_loop.val_loop, trainer.validate_loop],
-             "test_dataloader": [trainer.test_loop], "predict_dataloader": [trainer.predict_loop]}
-    for hook, owners in loops.items():
+    for hook, owners in _loops(trainer).items():
         for loop in owners:
             loop._data_source = PeerDataSource(None, hook, defined=bool(plan.get(hook, False)))
 

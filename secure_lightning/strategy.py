@@ -64,7 +64,7 @@ from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from . import nn as secure_nn
 from .channel import PublicChannel
 from .checkpoint_io import ShareCheckpointIO, checkpoint_base, from_blobs, party_path, to_blobs  # noqa: F401
-from .data import DataFeed, NoData, PendingBatch, install_peer_sources
+from .data import DataFeed, NoData, PendingBatch, install_peer_sources, owner_plan
 from .encoding import FixedPoint
 from .handshake import handshake, session_fields
 from .launcher import PartyLauncher, PartyOutput
@@ -338,6 +338,12 @@ class RSS3PC(ParallelStrategy):
             frac_bits=self.encoding.frac_bits, insecure_prg=self._party.insecure_prg, policy=self.policy,
             data_owner=self.data_owner, model_owner=self.model_owner, overflow_guard=self.overflow_guard,
             module=self.lightning_module))
+        if self._data_plan is None:  # started by three hosts or torchrun: the data owner says what data it has
+            trainer = self.lightning_module.trainer
+            plan = self.channel.publish("data_plan", owner_plan(trainer) if rank == self.data_owner else None,
+                                        self.data_owner, label="data/plan")
+            if rank != self.data_owner:
+                install_peer_sources(trainer, plan)
         if self.overflow_guard:
             guard.enable(self._party)
         if hasattr(dist, "set_timeout"):  # the rendezvous may wait longer (start-up); every later op: our timeout

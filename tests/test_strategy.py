@@ -654,9 +654,12 @@ if __name__ == "__main__":
     model = LinearRegressor()
     x, y = regression_data()
     loader = DataLoader(TensorDataset(x, y), batch_size=8) if rank == 0 else NoData()
+    # only the data owner names a validation loader: the others learn from it that one exists
+    val = DataLoader(TensorDataset(x, y), batch_size=16) if rank == 0 else None
     trainer = pl.Trainer(strategy=RSS3PC(timeout=60), num_nodes=3, devices=1, max_steps=6,
-                         **trainer_kwargs({out!r} + f"/root{{rank}}"))
-    trainer.fit(model, loader)
+                         **trainer_kwargs({out!r} + f"/root{{rank}}", limit_val_batches=1))
+    trainer.fit(model, loader, val)
+    assert "val_loss" in trainer.callback_metrics
     torch.save({{k: v.detach() for k, v in model.state_dict().items()}}, {out!r} + f"/w{{rank}}.pt")
 """
 
