@@ -2,8 +2,8 @@
 
 One machine (`PartyLauncher(strategy, spawn=True)`): the launching process pickles the Trainer call into a file,
 spawns three party processes, watches them and reads their results back from files (no queue, no size limit). The
-data owner's process is the only one that receives the dataloaders passed to fit/validate/test/predict: the other
-two get `NoData` placeholders. If one party fails, the others stop on their own (peer errors or the communication
+data owner's process is the only one that receives the data: the other two get a copy of the call without any
+DataModule, DataLoader or dataset (secure_lightning.data). If one party fails, the others stop on their own (peer errors or the communication
 timeout); a party still running `timeout + grace` seconds after the first failure is killed. The launching process
 then raises the first party's own error (with every party's story attached as a note), or `PartyFailedError` when a
 party died or hung.
@@ -19,12 +19,11 @@ import signal
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
-from lightning_utilities.core.apply_func import apply_to_collection
 from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero_only
-from torch.utils.data import DataLoader
 
 import pytorch_lightning as pl
 from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
@@ -32,44 +31,32 @@ from pytorch_lightning.strategies.launchers.launcher import _Launcher
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from .data import NoData, data_plan, dumps_without_data, strip_data  # noqa: F401 (NoData: public here too)
+
 
 GRACE_S = 10.0  # after the first failure, how long the other parties get (beyond the timeout) to stop by themselves
 
 
+@dataclass
+class PartyOutput:
+    """What a party process hands back to the launching process (like Lightning's _WorkerOutput): public state only.
+    Written to a file by the party and read by the launching process, the same user on the same machine; parties
+    never exchange these."""
+    rank: int
+    state: Any                      # TrainerState
+    results: Any                    # the Trainer call's return value in this party (plaintext or None)
+    callback_metrics: dict
+    openings: list                  # OpeningRecords (secure_lightning.reveal)
+    audit: list                     # this party's party.audit records
+    unaccounted: list
+    comm: Optional[dict]            # communication totals
+    fit_loop: Optional[dict] = None
+    checkpoint_callbacks: list = field(default_factory=list)
+    weights: Optional[dict] = None  # the opened weights, in their recipient only
+
+
 class PartyFailedError(RuntimeError):
     """A party process died, hung, or failed without a readable error."""
-
-
-class NoData:
-    """What a party without the data passes as a dataloader (and what non-owner processes receive on one machine).
-
-    Iterates nothing: the RSS3PC strategy replaces it by a stub that follows the data owner's batches.
-    """
-
-    def __init__(self, name: str = "dataloader"):
-        self.name = name
-
-    def __iter__(self):
-        return iter(())
-
-    def __repr__(self):
-        return f"NoData({self.name!r})"
-
-
-# positions of dataloader arguments in Trainer._{fit,validate,test,predict}_impl
-_LOADER_ARGS = {"_fit_impl": (1, 2), "_validate_impl": (1,), "_test_impl": (1,), "_predict_impl": (1,)}
-
-
-def _strip_loaders(function: Callable, args: tuple) -> tuple:
-    """Replace the DataLoaders among a Trainer entry point's arguments with NoData placeholders."""
-    positions = _LOADER_ARGS.get(getattr(function, "__name__", ""), ())
-    args = list(args)
-    for i in positions:
-        if i < len(args) and args[i] is not None:
-            args[i] = apply_to_collection(args[i], (DataLoader, NoData), lambda dl: NoData(type(dl).__name__))
-            if not isinstance(args[i], (NoData, list, tuple, dict)):  # a custom iterable: hide it too
-                args[i] = NoData(type(args[i]).__name__)
-    return tuple(args)
 
 
 def _atomic_write_bytes(path: str, data: bytes) -> None:
@@ -93,9 +80,9 @@ def _party_main(rank: int, result_dir: str, port: int) -> None:
             launcher, trainer, function, args, kwargs, rng_states = pickle.loads(f.read())
         _set_rng_states(rng_states)
         strategy = launcher._strategy
-        strategy._spawned_as = (rank, "127.0.0.1", port)
+        strategy.bind_spawned_process(rank, "127.0.0.1", port)
         results = function(*args, **kwargs)
-        out = strategy._party_results(trainer, results)
+        out = strategy.party_output(trainer, results)
         _atomic_write_bytes(os.path.join(result_dir, f"party{rank}.result"), pickle.dumps(out))
     except BaseException as e:  # report, then exit non-zero
         try:
@@ -161,7 +148,7 @@ class PartyLauncher(_Launcher):
     def launch(self, function: Callable, *args: Any, trainer: Optional["pl.Trainer"] = None, **kwargs: Any) -> Any:
         strategy = self._strategy
         if trainer is not None:
-            strategy._check_trainer(trainer)
+            strategy.check_trainer(trainer)
         if not self.spawn:
             return function(*args, **kwargs)
         if self._already_fit and trainer is not None and trainer.state.fn == TrainerFn.FITTING:
@@ -175,10 +162,14 @@ class PartyLauncher(_Launcher):
         result_dir = tempfile.mkdtemp(prefix="rss3pc-")
         try:
             rng = _collect_rng_states()
-            for r in range(3):  # one file per party: only the data owner's holds the dataloaders
-                a = args if r == strategy.data_owner else _strip_loaders(function, args)
+            strategy._data_plan = data_plan(function, args)  # which dataloader sources exist (no hook called)
+            for r in range(3):  # one file per party: only the data owner's holds any data (secure_lightning.data)
+                if r == strategy.data_owner:
+                    payload = pickle.dumps((self, trainer, function, args, kwargs, rng))
+                else:
+                    payload = dumps_without_data((self, trainer, function, strip_data(function, args), kwargs, rng))
                 with open(os.path.join(result_dir, f"party{r}.payload"), "wb") as f:
-                    f.write(pickle.dumps((self, trainer, function, a, kwargs, rng)))
+                    f.write(payload)
             port = free_port()
             ctx = _context()
             self.procs = [ctx.Process(target=_party_main, args=(r, result_dir, port),
@@ -195,9 +186,9 @@ class PartyLauncher(_Launcher):
             shutil.rmtree(result_dir, ignore_errors=True)
             self.procs = []
         if trainer is None:
-            return outs[strategy.data_owner]["results"]
+            return outs[strategy.data_owner].results
         self._already_fit |= trainer.state.fn == TrainerFn.FITTING
-        return strategy._recover_results(trainer, outs)
+        return strategy.restore_outputs(trainer, outs)
 
     # ---- watching the parties ---------------------------------------------------------------------------------
     def _watch(self, result_dir: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 
@@ -26,10 +27,17 @@ class Opening:
 @dataclass
 class OpeningAudit:
     """Every value this party helped open: label, shape, recipient. Protocol-internal masked values are not openings
-    (they are uniformly random to the receiver); only `reveal` records here."""
+    (they are uniformly random to the receiver); only `reveal` records here.
+
+    `gate` (None: every opening is allowed) is called with (label, shape, to) before an opening is recorded, which
+    is before any of its bytes are sent: a gate that raises stops the opening. The RSS3PC strategy installs one that
+    enforces its reveal policy (secure_lightning.ledger)."""
     records: list = field(default_factory=list)
+    gate: Optional[Callable[[str, tuple, str], None]] = None
 
     def record(self, label: str, shape, to: str):
+        if self.gate is not None:
+            self.gate(label, tuple(shape), to)
         self.records.append(Opening(label, tuple(shape), to))
 
     def clear(self):

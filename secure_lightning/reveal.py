@@ -156,5 +156,6 @@ def report(records, unaccounted=()) -> str:
     if not groups:
         lines.append("(no openings)")
     for u in unaccounted:
-        lines.append(f"OUTSIDE THE POLICY: {u.label} {tuple(u.shape)} -> {u.to} (opened by a direct reveal call)")
+        lines.append(f"OUTSIDE THE POLICY: {u.label} {tuple(u.shape)} -> {u.to} (opened while no policy was "
+                     f"enforced; under RSS3PC such an opening is refused before anything is sent)")
     return "\n".join(lines)

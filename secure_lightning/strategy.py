@@ -14,8 +14,9 @@ owner's length and receive shares instead of batches.
 Reveal policy. Nothing is opened unless `RSS3PC(reveal=...)` allows it (see `secure_lightning.reveal`): by default
 logged losses and metrics go to all parties (so progress bar, loggers and callbacks work and agree), predictions to
 the data owner and weights to the model owner. `self.log`/`self.log_dict` open shared values collectively; a value
-the policy does not allow raises `RevealPolicyError` on every party. `strategy.openings` / `strategy.opening_report()`
-list every opening (also in the launching process after the run).
+the policy does not allow raises `RevealPolicyError` on every party before anything is sent, and so does any other
+opening (a direct reveal_tensor): the ledger gates them all. `strategy.openings` / `strategy.opening_report()` list
+every opening (also in the launching process after the run).
 
 Launch. On one machine the strategy starts the three party processes itself (CPU: gloo, one thread each; CUDA: one
 party per GPU with three GPUs and NCCL, otherwise all three on one GPU with gloo transport). On three hosts use
@@ -26,6 +27,11 @@ Checkpoints. Every party writes its own shares atomically to `<path>.party<r>` (
 to `<path>`); `ckpt_path=<path>` (or "last"/"best") restores all three exactly. `export_plaintext(path)` (or
 `RSS3PC(export_plaintext=True)` on every checkpoint) writes the model owner's plaintext `state_dict`.
 
+Pieces (each its own module, as Lightning's DDPStrategy delegates to its launcher and plugins): the party-to-party
+channel for public messages (channel.py), the start-up handshake (handshake.py), the opening ledger that enforces
+the policy and makes every opening, with the log and metric wrappers (ledger.py), data feeding (data.py), the share
+checkpoint files (checkpoint_io.py, a CheckpointIO) and the launcher with its typed PartyOutput (launcher.py).
+
 Threat model: semi-honest parties, honest majority (no two parties collude); see the README.
 """
 from __future__ import annotations
@@ -33,8 +39,6 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import pickle
-import re
 import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -58,19 +62,22 @@ from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signatu
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from . import nn as secure_nn
+from .channel import PublicChannel
+from .checkpoint_io import ShareCheckpointIO, checkpoint_base, from_blobs, party_path, to_blobs  # noqa: F401
+from .data import DataFeed, NoData, PendingBatch, install_peer_sources, owner_plan
 from .encoding import FixedPoint
-from .launcher import NoData, PartyLauncher
+from .handshake import handshake, session_fields
+from .launcher import PartyLauncher, PartyOutput
+from .ledger import OpeningLedger, OwnerHeld  # noqa: F401 (OwnerHeld: public here too)
 from .protocols import guard
-from .protocols.sharing import Shares
-from .reveal import ALL, OpeningRecord, RevealPolicy, RevealPolicyError, category_of_logged, report
+from .reveal import RevealPolicy, RevealPolicyError, report
 from .runtime import DEFAULT_TIMEOUT, init_party
-from .tensor import SharedTensor, reveal_tensor, share_tensor
+from .tensor import SharedTensor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RSS3PC", "SharePrecision", "NoData", "PendingBatch", "party_path", "checkpoint_base"]
+__all__ = ["RSS3PC", "SharePrecision", "NoData", "OwnerHeld", "PendingBatch", "party_path", "checkpoint_base"]
 
-_BLOB = "__rss3pc_shares__"
 _STEP_HOOKS = ("training_step", "validation_step", "test_step", "predict_step")
 
 
@@ -82,84 +89,6 @@ def _contains_shared(obj) -> bool:
     found = []
     apply_to_collection(obj, SharedTensor, lambda t: found.append(1))
     return bool(found)
-
-
-def party_path(path, rank: int) -> str:
-    """The file holding party `rank`'s shares of the checkpoint `path`."""
-    return f"{os.fspath(path)}.party{rank}"
-
-
-def checkpoint_base(path) -> str:
-    """The checkpoint a file belongs to: `x.ckpt.party1` and `x.ckpt.plain` -> `x.ckpt` (Lightning's "last" lookup
-    lists every file whose name contains "last", our per-party files included)."""
-    return re.sub(r"\.(party[0-2]|plain)$", "", os.fspath(path))
-
-
-def _atomic_save(obj, path: str) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace: readers never see a partial file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-class PendingBatch:
-    """What a party without the data gets from its stub loader: the data owner is about to share the real batch."""
-
-    def __repr__(self):
-        return "PendingBatch()"
-
-
-_PENDING = PendingBatch()
-
-
-class _OwnerLoader:
-    """The data owner's loader: iterates the user's loader and tells the other parties, per batch, that one came
-    (and when the epoch ended), so their stubs stay in step even for loaders without a length."""
-
-    def __init__(self, loader, strategy: "RSS3PC"):
-        self._loader = loader
-        self._strategy = strategy
-
-    def __len__(self):
-        return len(self._loader)
-
-    def __iter__(self):
-        for batch in self._loader:
-            self._strategy._batch_flag(1)
-            yield batch
-        self._strategy._batch_flag(0)
-
-    def __getattr__(self, name):
-        if name.startswith("__") or name in ("_loader", "_strategy", "state_dict", "load_state_dict"):
-            raise AttributeError(name)  # loader state stays with the owner: the others cannot mirror it
-        return getattr(self._loader, name)
-
-
-class _PeerLoader:
-    """A non-owner party's loader: as many PendingBatch placeholders as the data owner has batches."""
-
-    def __init__(self, length: Optional[int], strategy: "RSS3PC"):
-        self._length = length
-        self._strategy = strategy
-
-    def __len__(self):
-        if self._length is None:
-            raise TypeError("the data owner's loader has no length")
-        return self._length
-
-    def __iter__(self):
-        while self._strategy._batch_flag(None):
-            yield _PENDING
 
 
 class SharePrecision(Precision):
@@ -219,8 +148,11 @@ class RSS3PC(ParallelStrategy):
                  cluster_environment: Optional[ClusterEnvironment] = None,
                  checkpoint_io: Optional[CheckpointIO] = None,
                  precision_plugin: Optional[Precision] = None):
+        if checkpoint_io is not None and not isinstance(checkpoint_io, ShareCheckpointIO):
+            raise ValueError(f"RSS3PC writes one share file per party and needs a ShareCheckpointIO, got "
+                             f"checkpoint_io={type(checkpoint_io).__name__}")
         super().__init__(accelerator=accelerator, parallel_devices=None, cluster_environment=cluster_environment,
-                         checkpoint_io=checkpoint_io, precision_plugin=precision_plugin)
+                         checkpoint_io=checkpoint_io or ShareCheckpointIO(), precision_plugin=precision_plugin)
         for name, r in (("data_owner", data_owner), ("model_owner", model_owner)):
             if r not in (0, 1, 2):
                 raise ValueError(f"RSS3PC({name}={r!r}): parties are 0, 1 and 2")
@@ -245,11 +177,14 @@ class RSS3PC(ParallelStrategy):
         self._spawn = True
         self._spawned_as = None          # (rank, addr, port) inside a process our launcher spawned
         self._party = None
+        self._channel: Optional[PublicChannel] = None
+        self._feed: Optional[DataFeed] = None
         self._secured = False
         self._plain_backup: Optional[dict] = None
         self._wrapped: list = []         # (object, attribute) pairs we patched, undone in teardown
-        self._openings: list = []        # OpeningRecord
-        self._accounted: list = []       # (start, end) ranges of party.audit made by the strategy
+        self._data_plan: Optional[dict] = None  # set by the launcher: which dataloader sources the data owner has
+        self.ledger = OpeningLedger(self.policy)  # enforces the policy on every opening of this party
+        self._openings: list = []        # in the launching process: the data owner's OpeningRecords
         self._party_audits: dict = {}    # in the launching process: {rank: [Opening]} from the parties
         self._party_unaccounted: list = []
         self._weights_revealed = False
@@ -357,7 +292,7 @@ class RSS3PC(ParallelStrategy):
             raise ValueError(f"RSS3PC supports precision='32-true' only (secret shares are fixed point over "
                              f"Z_2^64, with {self.encoding.frac_bits} fractional bits); got precision={name!r}")
 
-    def _check_trainer(self, trainer: "pl.Trainer") -> None:
+    def check_trainer(self, trainer: "pl.Trainer") -> None:
         """Refuse, before any process starts, what the strategy cannot do."""
         clip = trainer.gradient_clip_val
         algo = trainer.gradient_clip_algorithm
@@ -391,11 +326,28 @@ class RSS3PC(ParallelStrategy):
                                  encoding=self.encoding, device=self.root_device,
                                  insecure_fast_prg=self.insecure_fast_prg,
                                  threads=1 if self._spawned_as is not None else None)
+        if self.insecure_fast_prg:
+            msg = (f"RSS3PC party {rank}: insecure_fast_prg=True: correlated randomness comes from torch's "
+                   f"predictable generator; shares and masks can be reconstructed. For benchmarks only, never with "
+                   f"real data.")
+            warnings.warn(msg, UserWarning, stacklevel=2)
+            log.warning(msg)
+        self.ledger.attach(self._party, self.channel, self._where)
+        self.checkpoint_io.bind(self._party.rank, self.encoding.frac_bits)
+        handshake(self.channel, session_fields(
+            frac_bits=self.encoding.frac_bits, insecure_prg=self._party.insecure_prg, policy=self.policy,
+            data_owner=self.data_owner, model_owner=self.model_owner, overflow_guard=self.overflow_guard,
+            module=self.lightning_module))
+        if self._data_plan is None:  # started by three hosts or torchrun: the data owner says what data it has
+            trainer = self.lightning_module.trainer
+            plan = self.channel.publish("data_plan", owner_plan(trainer) if rank == self.data_owner else None,
+                                        self.data_owner, label="data/plan")
+            if rank != self.data_owner:
+                install_peer_sources(trainer, plan)
         if self.overflow_guard:
             guard.enable(self._party)
         if hasattr(dist, "set_timeout"):  # the rendezvous may wait longer (start-up); every later op: our timeout
             dist.set_timeout(datetime.timedelta(seconds=self.timeout))
-        self._openings, self._accounted = [], []
         # logged values are opened to all parties and equal everywhere: Lightning's advice to sync them is moot
         warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(.*sync_dist=True\)`",
                                 category=PossibleUserWarning)
@@ -405,9 +357,31 @@ class RSS3PC(ParallelStrategy):
         super().connect(model)
         if self._spawned_as is None and self._spawn:
             return  # the launching process on one machine: nothing runs here
-        self._patch(model, "log", self._make_log(model.log))
-        self._patch(model, "log_dict", self._make_log_dict(model.log_dict))
+        rank = self._spawned_as[0] if self._spawned_as is not None else self.global_rank
+        plan = getattr(self, "_data_plan", None)
+        if rank != self.data_owner and plan is not None:
+            # this party has no data (the launcher left it out): its loops get placeholders, no hook is called
+            install_peer_sources(model.trainer, plan)
+        self._patch(model.trainer._data_connector, "prepare_data", self._make_prepare_data(rank == self.data_owner))
+        self._patch(model, "log", self.ledger.wrap_log(model.log))
+        self._patch(model, "log_dict", self.ledger.wrap_log_dict(model.log_dict))
         self._patch(model, "_on_before_batch_transfer", self._make_before_transfer(model._on_before_batch_transfer))
+
+    def _make_prepare_data(self, owner: bool) -> Callable:
+        """Lightning's DataConnector.prepare_data for a party: the data owner calls the DataModule's and the
+        LightningModule's prepare_data hooks, the others nothing. Lightning's version wraps each hook in a barrier
+        over all processes, which only the data owner (the only one with a DataModule) would enter."""
+        def prepare_data() -> None:
+            if not owner:
+                return
+            from pytorch_lightning.trainer import call
+            from pytorch_lightning.utilities.model_helpers import is_overridden
+            trainer = self.lightning_module.trainer
+            if trainer.datamodule is not None and is_overridden("prepare_data", trainer.datamodule):
+                call._call_lightning_datamodule_hook(trainer, "prepare_data")
+            if is_overridden("prepare_data", self.lightning_module):
+                call._call_lightning_module_hook(trainer, "prepare_data")
+        return prepare_data
 
     def _patch(self, obj, name: str, value) -> None:
         self._wrapped.append((obj, name, name in vars(obj), vars(obj).get(name)))
@@ -431,7 +405,7 @@ class RSS3PC(ParallelStrategy):
             self.model.to(self.root_device)
 
     def setup(self, trainer: "pl.Trainer") -> None:
-        self._check_trainer(trainer)
+        self.check_trainer(trainer)
         assert self.accelerator is not None and self.lightning_module is not None
         self.accelerator.setup(trainer)
         for loop in (trainer.fit_loop.epoch_loop.val_loop, trainer.validate_loop, trainer.test_loop,
@@ -439,7 +413,7 @@ class RSS3PC(ParallelStrategy):
             loop.inference_mode = False  # SharedTensor autograd-free ops run under no_grad
         self.model_to_device()
         self._secure_model()
-        self._wrap_metrics(self.lightning_module)
+        self.ledger.wrap_metrics(self.lightning_module, self._patch)
         if trainer.state.fn == TrainerFn.FITTING:
             self.setup_optimizers(trainer)
         self.setup_precision_plugin()
@@ -470,63 +444,36 @@ class RSS3PC(ParallelStrategy):
             self._reset_optimizers_and_schedulers()
         if self._party is not None:
             self._unpatch()
+            self.ledger.detach()
         super().teardown()
 
     def _open_weights(self) -> Optional[dict]:
         """Open the weights to the recipient of "weights" (the model owner by default); returns them there."""
-        to = self.policy.check("weights")
-        n0 = len(self._party.audit)
-        sd = secure_nn.reveal_state_dict(self.lightning_module, self._party, to=None if to == ALL else to)
-        n1 = len(self._party.audit)
-        self._accounted.append((n0, n1))
-        for rec in self._party.audit.records[n0:n1]:
-            self._record("weights", rec.label, rec.shape, to)
-        if sd is None:
-            return None
-        return {k: v.detach().cpu() for k, v in sd.items()}
+        return self.ledger.open_weights(self.lightning_module)
 
     # ---- openings -----------------------------------------------------------------------------------------------
-    def _record(self, what: str, name: str, shape, to, kind: str = "reveal") -> None:
+    def _where(self) -> tuple:
+        """(Lightning stage, global step) for the opening records."""
         lm = self.lightning_module
         trainer = lm._trainer if lm is not None else None
         stage = trainer.state.stage.value if trainer is not None and trainer.state.stage is not None else ""
         step = trainer.global_step if trainer is not None else -1
-        self._openings.append(OpeningRecord(what, str(name), tuple(shape), "all" if to == ALL else f"party {to}",
-                                            stage, step, kind))
+        return stage, step
 
     def reveal(self, value, what: str = "metrics", name: Optional[str] = None, *, need_all: bool = False):
         """Open every SharedTensor in `value` (a tensor or a collection) as the reveal policy allows for (what, name).
 
         Collective: all three parties must call it at the same point. Returns plaintext on the recipients and None
-        (per tensor) elsewhere. Raises RevealPolicyError (on every party) when the policy forbids it.
+        (per tensor) elsewhere. Raises RevealPolicyError (on every party, before anything is sent) when the policy
+        forbids it. This and the hooks built on it (self.log, metrics, predict_step) are the only ways to open a
+        value while the strategy runs: the ledger refuses any other opening (secure_lightning.ledger).
         """
-        to = self.policy.check(what, name, need_all=need_all)
-        self._guard_check()
-
-        def open_one(t):
-            n0 = len(self._party.audit)
-            out = reveal_tensor(t.detach(), to=None if to == ALL else to, label=f"policy/{what}/{name or ''}")
-            self._accounted.append((n0, len(self._party.audit)))
-            self._record(what, name or what, t.shape, to)
-            if out is not None and t.dtype != out.dtype:
-                out = out.round().to(t.dtype) if not t.dtype.is_floating_point else out.to(t.dtype)
-            return out
-
-        return apply_to_collection(value, SharedTensor, open_one)
+        return self.ledger.reveal(value, what, name, need_all=need_all)
 
     def _guard_check(self) -> None:
-        """Run the overflow guard's pending checks (all parties together; protocols/guard.check) and record its
-        openings (one count per checked op, kind "guard"). Raises FixedPointOverflowError on every party."""
-        if self._party is None or not guard.pending(self._party):
-            return
-        n0 = len(self._party.audit)
-        try:
-            guard.check(party=self._party)
-        finally:
-            n1 = len(self._party.audit)
-            self._accounted.append((n0, n1))
-            for rec in self._party.audit.records[n0:n1]:
-                self._record("guard", rec.label, rec.shape, ALL, kind="guard")
+        """Run the overflow guard's pending checks (OpeningLedger.guard_check)."""
+        if self._party is not None:
+            self.ledger.guard_check()
 
     # ---- steps: the overflow guard's checks -------------------------------------------------------------------
     def optimizer_step(self, optimizer, closure: Callable[[], Any], model=None, **kwargs: Any) -> Any:
@@ -548,148 +495,25 @@ class RSS3PC(ParallelStrategy):
     def openings(self) -> list:
         """Every opening made (OpeningRecord: what, name, shape, to, stage, step, kind). In the launching process:
         the data owner's record of the last run."""
-        return list(self._openings)
+        return list(self.ledger.records if self._party is not None else self._openings)
 
     def unaccounted_openings(self) -> list:
-        """Openings in party.audit not made through the reveal policy (direct reveal_tensor calls in user code)."""
+        """Openings in party.audit not made through the reveal policy. Empty while the strategy runs: the ledger
+        refuses such openings before anything is sent (kept to report openings made before it was attached)."""
         if self._party is None:
             return list(self._party_unaccounted)
-        covered = set()
-        for a, b in self._accounted:
-            covered.update(range(a, b))
-        return [o for i, o in enumerate(self._party.audit.records) if i not in covered]
+        return self.ledger.unaccounted()
 
     def opening_report(self) -> str:
-        """A table of every opening, grouped with counts; openings outside the policy are flagged."""
-        return report(self._openings, self.unaccounted_openings())
+        """A table of every opening, grouped with counts (a record of what the enforced policy let through)."""
+        return report(self.openings, self.unaccounted_openings())
 
-    # ---- logging ------------------------------------------------------------------------------------------------
-    def _open_logged(self, name: str, value):
-        if isinstance(value, Mapping) or not _contains_shared(value):
-            return value
-        return self.reveal(value, category_of_logged(name), name, need_all=True)
-
-    def _make_log(self, orig: Callable) -> Callable:
-        def log(name: str, value, *args, **kwargs):
-            return orig(name, self._open_logged(name, value), *args, **kwargs)
-        log.__wrapped__ = orig
-        return log
-
-    def _make_log_dict(self, orig: Callable) -> Callable:
-        def log_dict(dictionary, *args, **kwargs):
-            if isinstance(dictionary, Mapping):
-                dictionary = {k: self._open_logged(k, v) for k, v in dictionary.items()}
-            return orig(dictionary, *args, **kwargs)
-        log_dict.__wrapped__ = orig
-        return log_dict
-
-    # ---- torchmetrics: the recipient of "predictions" updates and computes, then publishes ------------------
-    def _wrap_metrics(self, lm) -> None:
-        try:
-            from torchmetrics import Metric
-        except ImportError:  # pragma: no cover
-            return
-        for name, m in lm.named_modules():
-            if isinstance(m, Metric) and not getattr(m, "_rss3pc_wrapped", False):
-                self._wrap_metric(name, m)
-
-    def _wrap_metric(self, name: str, m) -> None:
-        """Wrap a torchmetrics Metric: shared inputs are opened to the recipient of "predictions" (the data owner),
-        which alone updates the metric on plaintext; values computed there are published to all parties (a
-        "metrics" opening), so Lightning logs the same number everywhere. Torchmetrics' own process-group sync is
-        switched off (the other parties hold no state)."""
-        strategy = self
-        m.sync_on_compute = False
-        m.dist_sync_on_step = False
-        m._to_sync = False  # torchmetrics copied sync_on_compute at construction: its compute would all_gather
-        orig_update, orig_compute = m.update, m.compute
-        orig_forward = type(m).forward.__get__(m)
-        inside = [False]  # Metric.forward calls update/compute itself: those run locally, not collectively
-
-        def holder_and_plain(args, kwargs):
-            to = strategy.policy.check("predictions", f"metric/{name}")
-            args, kwargs = strategy.reveal((args, kwargs), "predictions", f"metric/{name}")
-            return to, args, kwargs
-
-        def holds(to) -> bool:
-            return to == ALL or to == strategy._party.rank
-
-        def update(*args, **kwargs):
-            if inside[0] or not _contains_shared((args, kwargs)):
-                return orig_update(*args, **kwargs)
-            to, args, kwargs = holder_and_plain(args, kwargs)
-            if holds(to):
-                orig_update(*args, **kwargs)
-
-        def forward(*args, **kwargs):
-            if inside[0] or not _contains_shared((args, kwargs)):
-                return orig_forward(*args, **kwargs)
-            to, args, kwargs = holder_and_plain(args, kwargs)
-            out = None
-            if holds(to):
-                inside[0] = True
-                try:
-                    out = orig_forward(*args, **kwargs)
-                finally:
-                    inside[0] = False
-            if to != ALL:
-                out = strategy._publish_value(out, to, "metrics", name)
-            m._forward_cache = out
-            return out
-
-        def compute():
-            if inside[0]:
-                return orig_compute()
-            to = strategy.policy.check("predictions", f"metric/{name}")
-            if to == ALL:
-                return orig_compute()
-            out = orig_compute() if strategy._party.rank == to else None
-            return strategy._publish_value(out, to, "metrics", name)
-
-        for attr, fn in (("update", update), ("forward", forward), ("compute", compute)):
-            self._patch(m, attr, fn)
-        self._patch(m, "_rss3pc_wrapped", True)
-
-    def _publish_value(self, value, src: int, what: str, name: str):
-        """Party `src` sends a plaintext value it holds to the others (policy: (what, name) must go to all)."""
-        self.policy.check(what, name, need_all=True)
-        value = apply_to_collection(value, Tensor, lambda t: t.detach().cpu())
-        out = self._publish(value, src, f"publish/{what}")
-        shape = tuple(out.shape) if isinstance(out, Tensor) else ()
-        self._record(what, name, shape, ALL, kind="publish")
-        return apply_to_collection(out, Tensor, lambda t: t.to(self.root_device))
-
-    # ---- small public messages between parties (counted by the communicator) -----------------------------------
-    def _publish(self, obj, src: int, label: str):
-        """Party `src` sends a picklable public object to both others. Cost: 2 rounds, 8 + len(pickle) bytes to
-        each peer from `src`."""
-        party = self._party
-        comm = party.comm
-        peers = [p for p in range(3) if p != src]
-        with party.label(f"strategy/{label}"):
-            if party.rank == src:
-                data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
-                n = torch.tensor([data.numel()], dtype=torch.int64)
-                comm.round({p: n for p in peers})
-                comm.round({p: data for p in peers})
-                return obj
-            n = int(comm.round({}, {src: ((1,), torch.int64)})[src][0])
-            data = comm.round({}, {src: ((n,), torch.uint8)})[src]
-            return pickle.loads(data.cpu().numpy().tobytes())
-
-    def _send_int(self, value: Optional[int], src: int, label: str) -> int:
-        """Party `src` sends one public integer to both others. Cost: 1 round, 8 bytes to each peer from `src`."""
-        party = self._party
-        peers = [p for p in range(3) if p != src]
-        with party.label(f"strategy/{label}"):
-            if party.rank == src:
-                t = torch.tensor([int(value)], dtype=torch.int64)
-                party.comm.round({p: t for p in peers})
-                return int(value)
-            return int(party.comm.round({}, {src: ((1,), torch.int64)})[src][0])
-
-    def _batch_flag(self, value: Optional[int]) -> int:
-        return self._send_int(value, self.data_owner, "data/has_batch")
+    @property
+    def channel(self) -> PublicChannel:
+        """The party-to-party channel for public messages (typed, no pickle: secure_lightning.channel)."""
+        if self._channel is None or self._channel.party is not self._party:
+            self._channel = PublicChannel(self._party)
+        return self._channel
 
     def _agree(self, ok: bool, what: str) -> None:
         """Every party learns whether all three succeeded; all raise together if one did not. Cost: 1 round."""
@@ -702,22 +526,17 @@ class RSS3PC(ParallelStrategy):
         if bad and ok:
             raise RuntimeError(f"RSS3PC: {what} failed in party {', '.join(map(str, sorted(bad)))} (see its error)")
 
-    # ---- data -----------------------------------------------------------------------------------------------------
+    # ---- data: the data owner's batches reach all three as shares (secure_lightning.data.DataFeed) -------------------
+    @property
+    def feed(self) -> DataFeed:
+        if self._feed is None or self._feed.party is not self._party:
+            self._feed = DataFeed(self._party, self.channel, self.data_owner)
+        return self._feed
+
     def process_dataloader(self, dataloader: object) -> object:
         if self._party is None:
             return dataloader
-        if self._party.rank == self.data_owner:
-            if isinstance(dataloader, NoData):
-                raise ValueError("RSS3PC: the data owner was given NoData() as a dataloader; pass the real loader "
-                                 "to the data owner's Trainer call")
-            try:
-                n = len(dataloader)
-            except (TypeError, NotImplementedError):
-                n = -1
-            self._send_int(n, self.data_owner, "data/length")
-            return _OwnerLoader(dataloader, self)
-        n = self._send_int(None, self.data_owner, "data/length")
-        return _PeerLoader(None if n < 0 else n, self)
+        return self.feed.loader(dataloader)
 
     def _make_before_transfer(self, orig: Callable) -> Callable:
         def before(batch, dataloader_idx: int = 0):
@@ -727,51 +546,13 @@ class RSS3PC(ParallelStrategy):
         return before
 
     def batch_to_device(self, batch: Any, device: Optional[torch.device] = None, dataloader_idx: int = 0) -> Any:
-        """Secret-share the data owner's batch: float tensors as fixed point, integer and bool tensors (labels) as
-        integer SharedTensors; tuples, lists, dicts recursively. Cost: 3 rounds for the structure, then
-        `share_tensor` per tensor."""
+        """Secret-share the data owner's batch (DataFeed.share_batch), after the LightningModule's (and
+        DataModule's) batch transfer hooks ran on it in the data owner."""
         if self._party is None:
             return super().batch_to_device(batch, device, dataloader_idx)
-        party, owner = self._party, self.data_owner
-        if party.rank == owner:
-            if isinstance(batch, PendingBatch):
-                raise RuntimeError("RSS3PC internal error: the data owner got a placeholder batch")
-            lm = self.lightning_module
-            batch = lm._apply_batch_transfer_handler(batch, device=self.root_device, dataloader_idx=dataloader_idx)
-            leaves: list = []
-            try:
-                spec, err = _spec_of(batch, leaves, "batch"), None
-            except TypeError as e:
-                spec, err = None, str(e)
-            self._publish((spec, err), owner, "data/batch_spec")
-        else:
-            spec, err = self._publish(None, owner, "data/batch_spec")
-            leaves = None
-        if err is not None:
-            raise TypeError(f"RSS3PC: {err}")
-        it = iter(leaves) if leaves is not None else None
-        counter = [0]
-
-        def build(s):
-            kind = s[0]
-            if kind == "T":
-                x = next(it) if it is not None else None
-                i = counter[0]
-                counter[0] += 1
-                return share_tensor(x, owner, party, label=f"batch/{i}")
-            if kind == "N":
-                return None
-            if kind == "L":
-                return [build(c) for c in s[1]]
-            if kind == "U":
-                return tuple(build(c) for c in s[1])
-            if kind == "NT":
-                return s[1](*[build(c) for c in s[2]])
-            if kind == "D":
-                return s[1]((k, build(c)) for k, c in s[2])
-            raise AssertionError(kind)
-
-        return build(spec)
+        lm = self.lightning_module
+        return self.feed.share_batch(batch, lambda b: lm._apply_batch_transfer_handler(
+            b, device=self.root_device, dataloader_idx=dataloader_idx))
 
     # ---- steps ---------------------------------------------------------------------------------------------------
     def predict_step(self, *args: Any, **kwargs: Any) -> Any:
@@ -828,10 +609,11 @@ class RSS3PC(ParallelStrategy):
         if not (dist.is_available() and dist.is_initialized()):
             return obj
         self._refuse_shared(obj, "broadcast")
-        box = [obj]
-        with self._collective("broadcast"):
-            dist.broadcast_object_list(box, src)
-        return box[0]
+        if self._party is None:
+            raise RuntimeError("RSS3PC.broadcast runs in the parties only")
+        # public values only, in the channel's typed format (Lightning's broadcast_object_list would unpickle a
+        # peer's bytes)
+        return self.channel.publish("broadcast", obj, src, label="broadcast")
 
     def all_gather(self, tensor: Tensor, group: Optional[Any] = None, sync_grads: bool = False) -> Tensor:
         self._refuse_shared(tensor, "all_gather")
@@ -857,7 +639,7 @@ class RSS3PC(ParallelStrategy):
         return super().lightning_module_state_dict()
 
     def optimizer_state(self, optimizer) -> dict:
-        return _to_blobs(super().optimizer_state(optimizer))
+        return to_blobs(super().optimizer_state(optimizer))
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options: Optional[Any] = None) -> None:
         """Party r writes its shares to `<filepath>.party<r>` and the public part (no state_dict, no optimizer
@@ -866,16 +648,7 @@ class RSS3PC(ParallelStrategy):
             raise TypeError("RSS3PC.save_checkpoint does not take storage_options")
         if self._party is None:
             raise RuntimeError("RSS3PC: checkpoints are written by the parties (inside fit/validate/...)")
-        r = self._party.rank
-        meta = {"party": r, "frac_bits": self.encoding.frac_bits, "format": 1,
-                "share_files": [os.path.basename(party_path(filepath, p)) for p in range(3)]}
-        full = _to_blobs(dict(checkpoint))
-        full["secure_lightning"] = meta
-        _atomic_save(full, party_path(filepath, r))
-        public = {k: _strip_blobs(v) for k, v in full.items() if k not in ("state_dict", "optimizer_states")}
-        public["secure_lightning"] = dict(meta, party=None,
-                                          note="public part only: the shares are in the .party<r> files")
-        _atomic_save(public, os.fspath(filepath))
+        self.checkpoint_io.save_checkpoint(to_blobs(dict(checkpoint)), filepath)
         if self.export_plaintext_on_save:
             self.export_plaintext(f"{os.fspath(filepath)}.plain", checkpoint)
 
@@ -885,39 +658,20 @@ class RSS3PC(ParallelStrategy):
         sd = self._open_weights()
         if sd is None:
             return
-        out = {k: _strip_blobs(v) for k, v in (checkpoint or {}).items()
-               if k not in ("state_dict", "optimizer_states")}
-        out["state_dict"] = sd
-        out["secure_lightning"] = {"plaintext": True, "frac_bits": self.encoding.frac_bits}
-        _atomic_save(out, os.fspath(filepath))
+        self.checkpoint_io.save_plaintext(checkpoint or {}, sd, filepath)
 
     def remove_checkpoint(self, filepath) -> None:
         if self._party is None:
             return
-        for p in (party_path(filepath, self._party.rank), os.fspath(filepath), f"{os.fspath(filepath)}.plain"):
-            try:
-                os.remove(p)
-            except FileNotFoundError:
-                pass
+        self.checkpoint_io.remove_checkpoint(filepath)
 
     def load_checkpoint(self, checkpoint_path, weights_only: Optional[bool] = None) -> dict:
         if self._party is None:
             return super().load_checkpoint(checkpoint_path, weights_only)
-        r = self._party.rank
         checkpoint_path = checkpoint_base(checkpoint_path)
-        path = party_path(checkpoint_path, r)
         ckpt, err = None, None
         try:
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"party {r}: share file {path} not found (an RSS3PC checkpoint is one file per "
-                                        f"party, <path>.party<r>; pass the path without the suffix)")
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-            meta = ckpt.get("secure_lightning") or {}
-            if meta.get("party") != r:
-                raise ValueError(f"party {r}: {path} holds the shares of party {meta.get('party')}")
-            if meta.get("frac_bits") != self.encoding.frac_bits:
-                raise ValueError(f"party {r}: {path} uses {meta.get('frac_bits')} fractional bits, this run "
-                                 f"{self.encoding.frac_bits}")
+            ckpt = self.checkpoint_io.load_checkpoint(checkpoint_path)
         except Exception as e:
             err = e
         self._agree(err is None, f"loading checkpoint {checkpoint_path}")
@@ -932,27 +686,26 @@ class RSS3PC(ParallelStrategy):
 
     def load_optimizer_state_dict(self, checkpoint: Mapping[str, Any]) -> None:
         for optimizer, state in zip(self.optimizers, checkpoint["optimizer_states"]):
-            optimizer.load_state_dict(_from_blobs(state, self._party))
+            optimizer.load_state_dict(from_blobs(state, self._party))
 
     # ---- results back to the launching process --------------------------------------------------------------------
-    def _party_results(self, trainer: "pl.Trainer", results) -> dict:
-        """What a spawned party sends back (to files): public state, and its own results."""
+    def party_output(self, trainer: "pl.Trainer", results) -> PartyOutput:
+        """What a spawned party hands back to the launching process: public state, and its own results."""
         r = self._party.rank if self._party is not None else self.global_rank
         to_cpu = lambda t: t.detach().cpu()  # noqa: E731
-        out = {"rank": r, "state": trainer.state, "results": apply_to_collection(results, Tensor, to_cpu),
-               "callback_metrics": apply_to_collection(dict(trainer.callback_metrics), Tensor, to_cpu),
-               "openings": list(self._openings),
-               "audit": list(self._party.audit.records) if self._party is not None else [],
-               "unaccounted": self.unaccounted_openings(),
-               "comm": self._comm_totals()}
+        out = PartyOutput(rank=r, state=trainer.state, results=apply_to_collection(results, Tensor, to_cpu),
+                          callback_metrics=apply_to_collection(dict(trainer.callback_metrics), Tensor, to_cpu),
+                          openings=list(self.ledger.records),
+                          audit=list(self._party.audit.records) if self._party is not None else [],
+                          unaccounted=self.unaccounted_openings(), comm=self._comm_totals())
         if trainer.state.fn == TrainerFn.FITTING:
-            out["fit_loop"] = trainer.fit_loop.state_dict()
-            out["checkpoint_callbacks"] = [
+            out.fit_loop = trainer.fit_loop.state_dict()
+            out.checkpoint_callbacks = [
                 {k: getattr(cb, k) for k in ("best_model_path", "best_model_score", "last_model_path",
                                              "best_k_models", "kth_best_model_path", "kth_value")
                  if hasattr(cb, k)} for cb in trainer.checkpoint_callbacks]
             if self._weights_revealed:
-                out["weights"] = {k: v.detach().cpu() for k, v in trainer.lightning_module.state_dict().items()}
+                out.weights = {k: v.detach().cpu() for k, v in trainer.lightning_module.state_dict().items()}
         return out
 
     def _comm_totals(self) -> dict | None:
@@ -972,32 +725,37 @@ class RSS3PC(ParallelStrategy):
             return {}
         return {**comm[0], "bytes_all_parties": sum(c["bytes"] for c in comm.values() if c)}
 
-    def _recover_results(self, trainer: "pl.Trainer", outs: list):
-        """In the launching process: put the parties' results where Lightning keeps them."""
+    def restore_outputs(self, trainer: "pl.Trainer", outs: list) -> Any:
+        """In the launching process: put the parties' PartyOutputs where Lightning keeps them; returns the results
+        of the Trainer call (predictions: those of their recipient)."""
         main = outs[self.data_owner]
-        trainer.state = main["state"]
-        trainer.callback_metrics.update(main["callback_metrics"])
-        self._openings = main["openings"]
-        self._party_audits = {o["rank"]: o["audit"] for o in outs}
-        self._party_unaccounted = main["unaccounted"]
-        self._party_comm = {o["rank"]: o.get("comm") for o in outs}
+        trainer.state = main.state
+        trainer.callback_metrics.update(main.callback_metrics)
+        self._openings = main.openings
+        self._party_audits = {o.rank: o.audit for o in outs}
+        self._party_unaccounted = main.unaccounted
+        self._party_comm = {o.rank: o.comm for o in outs}
         if trainer.state.fn == TrainerFn.FITTING:
             owner = self.policy.recipient("weights")
             src = outs[owner] if isinstance(owner, int) else outs[self.model_owner]
-            if src.get("weights") is not None:
-                trainer.lightning_module.load_state_dict(src["weights"], strict=True)
+            if src.weights is not None:
+                trainer.lightning_module.load_state_dict(src.weights, strict=True)
             try:
-                trainer.fit_loop.load_state_dict(main["fit_loop"])
+                trainer.fit_loop.load_state_dict(main.fit_loop)
                 trainer.fit_loop.restarting = False
             except Exception as e:  # pragma: no cover - best effort
                 log.debug(f"RSS3PC: could not restore the fit loop counters: {e}")
-            for cb, attrs in zip(trainer.checkpoint_callbacks, main.get("checkpoint_callbacks", [])):
+            for cb, attrs in zip(trainer.checkpoint_callbacks, main.checkpoint_callbacks):
                 for k, v in attrs.items():
                     setattr(cb, k, v)
         if trainer.state.fn == TrainerFn.PREDICTING:
             to = self.policy.recipient("predictions")
-            return outs[to]["results"] if isinstance(to, int) else main["results"]
-        return main["results"]
+            return outs[to].results if isinstance(to, int) else main.results
+        return main.results
+
+    def bind_spawned_process(self, rank: int, addr: str, port: int) -> None:
+        """Inside a party process the launcher started: this process is party `rank`, rendezvous at addr:port."""
+        self._spawned_as = (rank, addr, port)
 
     @property
     def party_audits(self) -> dict:
@@ -1013,75 +771,10 @@ class RSS3PC(ParallelStrategy):
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         state["_party"] = None
+        state["_channel"] = None
+        state["_feed"] = None
         state["_wrapped"] = []
         return state
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Batch structure and share blobs
-
-def _spec_of(x, leaves: list, path: str):
-    """Public structure of a batch (the data owner's tensors go to `leaves`): ("T",) tensor, ("N",) None, ("L"/"U",
-    children) list/tuple, ("NT", type, children) namedtuple, ("D", type, [(key, child)]) dict."""
-    if isinstance(x, Tensor):
-        if _is_shared(x):
-            raise TypeError(f"{path} is already secret-shared")
-        leaves.append(x)
-        return ("T",)
-    if x is None:
-        return ("N",)
-    if isinstance(x, tuple) and hasattr(x, "_fields"):
-        return ("NT", type(x), [_spec_of(v, leaves, f"{path}.{f}") for f, v in zip(x._fields, x)])
-    if isinstance(x, (list, tuple)):
-        return ("L" if isinstance(x, list) else "U", [_spec_of(v, leaves, f"{path}[{i}]") for i, v in enumerate(x)])
-    if isinstance(x, dict):
-        for k in x:
-            if not isinstance(k, (str, int)):
-                raise TypeError(f"{path} has a key of type {type(k).__name__}; batch dict keys must be str or int")
-        return ("D", dict if type(x) is not dict and not _rebuildable(type(x)) else type(x),
-                [(k, _spec_of(v, leaves, f"{path}[{k!r}]")) for k, v in x.items()])
-    raise TypeError(f"the data owner's batch holds a {type(x).__name__} at {path}: only tensors (in tuples, lists, "
-                    f"dicts, or None) can be secret-shared. Turn it into a tensor or drop it in "
-                    f"on_before_batch_transfer / transfer_batch_to_device.")
-
-
-def _rebuildable(cls) -> bool:
-    try:
-        cls([])
-        return True
-    except Exception:
-        return False
-
-
-def _to_blobs(obj):
-    """Replace each SharedTensor by {_BLOB: True, cur, prev, dtype} (this party's int64 shares)."""
-    return apply_to_collection(obj, SharedTensor, lambda t: {
-        _BLOB: True, "cur": t.shares.cur.detach().cpu().clone(), "prev": t.shares.prev.detach().cpu().clone(),
-        "dtype": str(t.dtype).replace("torch.", "")})
-
-
-def _from_blobs(obj, party):
-    if isinstance(obj, dict):
-        if obj.get(_BLOB):
-            dev = party.device
-            return SharedTensor.from_shares(Shares(obj["cur"].to(dev), obj["prev"].to(dev)), party,
-                                              dtype=getattr(torch, obj["dtype"]))
-        return type(obj)((k, _from_blobs(v, party)) for k, v in obj.items())
-    if isinstance(obj, list):
-        return [_from_blobs(v, party) for v in obj]
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(_from_blobs(v, party) for v in obj)
-    return obj
-
-
-def _strip_blobs(obj):
-    if isinstance(obj, dict):
-        if obj.get(_BLOB):
-            return "<secret-shared: see the .party<r> files>"
-        return {k: _strip_blobs(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_strip_blobs(v) for v in obj]
-    return obj
 
 
 if RSS3PC.strategy_name not in StrategyRegistry:

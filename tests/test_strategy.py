@@ -399,6 +399,193 @@ def test_disallowed_opening_is_refused(tmp_path):
         trainer.fit(model)
 
 
+def _refuse_outside_the_data_owner(what: str) -> None:
+    rank = os.environ.get("LOCAL_RANK")
+    if rank not in (None, "0"):
+        raise RuntimeError(f"{what} in party {rank}: only the data owner may touch the data")
+
+
+class OwnerOnlyDataModule(pl.LightningDataModule):
+    """Every hook, and being unpickled, fails outside the data owner (the launching process may build it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.x, self.y = regression_data()
+
+    def __setstate__(self, state):
+        _refuse_outside_the_data_owner("a DataModule unpickled")
+        self.__dict__.update(state)
+
+    def prepare_data(self):
+        _refuse_outside_the_data_owner("DataModule.prepare_data")
+
+    def setup(self, stage):
+        _refuse_outside_the_data_owner(f"DataModule.setup({stage})")
+
+    def train_dataloader(self):
+        _refuse_outside_the_data_owner("DataModule.train_dataloader")
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=8)
+
+    def val_dataloader(self):
+        _refuse_outside_the_data_owner("DataModule.val_dataloader")
+        return DataLoader(TensorDataset(self.x, self.y), batch_size=16)
+
+
+class UnpicklableOutsideOwner(TensorDataset):
+    def __setstate__(self, state):
+        _refuse_outside_the_data_owner("a dataset unpickled")
+        self.__dict__.update(state)
+
+
+class HoldsItsData(LinearRegressor):
+    """Keeps its dataset as an attribute and builds its loader from it in a hook that fails outside the owner."""
+
+    def __init__(self):
+        super().__init__()
+        self.dataset = UnpicklableOutsideOwner(*regression_data())
+
+    def prepare_data(self):
+        _refuse_outside_the_data_owner("LightningModule.prepare_data")
+
+    def train_dataloader(self):
+        _refuse_outside_the_data_owner("LightningModule.train_dataloader")
+        return DataLoader(self.dataset, batch_size=8)
+
+
+def test_datamodule_and_dataset_attributes_stay_with_the_data_owner(tmp_path):
+    torch.manual_seed(0)
+    model = LinearRegressor()
+    want = plain_linear_training(model, steps=4)
+    trainer = pl.Trainer(strategy=RSS3PC(timeout=TIMEOUT), max_steps=4, limit_val_batches=1,
+                         **trainer_kwargs(tmp_path))
+    trainer.fit(model, datamodule=OwnerOnlyDataModule())
+    assert_close_state(dict(model.state_dict()), want, atol=2e-3)
+    assert "val_loss" in trainer.callback_metrics  # the validation loop ran in step on all three parties
+    torch.manual_seed(0)
+    model = HoldsItsData()
+    trainer = pl.Trainer(strategy=RSS3PC(timeout=TIMEOUT), max_steps=4, **trainer_kwargs(tmp_path))
+    trainer.fit(model)
+    assert_close_state(dict(model.state_dict()), want, atol=2e-3)
+
+
+class SneakyReveal(LinearRegressor):
+    """Opens its predictions outside the reveal policy in training_step, by a direct reveal_tensor or through
+    strategy.reveal under a name the policy forbids; each party records what its communicator sent and received for
+    that opening, then lets the error through."""
+
+    def __init__(self, out_dir: str = "", via: str = "reveal_tensor"):
+        super().__init__()
+        self.out_dir, self.via = out_dir, via
+
+    def training_step(self, batch, batch_idx):
+        from secure_lightning.tensor import reveal_tensor
+        x, y = batch
+        pred = self(x)
+        party = self.trainer.strategy.party
+        comm = party.comm
+        before = {k: c.bytes for k, c in comm.stats.snapshot().items()}
+        comm.record_received = []
+        n_audit = len(party.audit)
+        try:
+            if self.via == "reveal_tensor":
+                reveal_tensor(pred, label="sneak")
+            else:
+                self.trainer.strategy.reveal(pred, "metrics", "sneak")
+        except RevealPolicyError as e:
+            moved = {k: c.bytes - before.get(k, 0) for k, c in comm.stats.snapshot().items()
+                     if "sneak" in k or "policy" in k}
+            got = [label for label, _, _ in comm.record_received if "sneak" in label or "policy" in label]
+            opened = [o.label for o in party.audit.records[n_audit:]]  # the overflow guard's counts may precede
+            torch.save({"msg": str(e), "moved": moved, "received": got, "opened": opened},
+                       os.path.join(self.out_dir, f"party{party.rank}.pt"))
+            raise
+        finally:
+            comm.record_received = None
+        return F.mse_loss(pred, y)
+
+
+@pytest.mark.parametrize("via", ["reveal_tensor", "strategy.reveal"])
+def test_opening_outside_the_policy_is_refused_before_any_byte_moves(tmp_path, via):
+    model = SneakyReveal(str(tmp_path), via)
+    trainer = pl.Trainer(strategy=RSS3PC(timeout=TIMEOUT, reveal={"sneak": None}), max_steps=1,
+                         **trainer_kwargs(tmp_path))
+    words = "refused to open 'sneak'" if via == "reveal_tensor" else "does not allow opening metrics 'sneak'"
+    with pytest.raises(RevealPolicyError, match=words):
+        trainer.fit(model)
+    for r in range(3):  # every party refused on its own, and none sent or received a byte of the opening
+        seen = torch.load(tmp_path / f"party{r}.pt", weights_only=False)
+        assert words in seen["msg"]
+        assert seen["moved"] == {} and seen["received"] == [], seen
+        assert all(label.startswith("guard/") for label in seen["opened"]), seen
+
+
+class ScoreCollector(LinearRegressor):
+    """Validation keeps every prediction in a CatMetric (a concatenation: per-example scores), logs a per-batch
+    MeanAbsoluteError through forward(), and records on every party what each party holds at the end."""
+
+    def __init__(self, out_dir: str = ""):
+        super().__init__()
+        import torchmetrics
+        self.out_dir = out_dir
+        self.scores = torchmetrics.CatMetric()
+        self.batch_mae = torchmetrics.MeanAbsoluteError()
+        self.unlogged_mae = torchmetrics.MeanAbsoluteError()
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        pred = self(x)
+        self.scores.update(pred)
+        self.log("batch_mae", self.batch_mae(pred, y))  # forward() value, logged: published (a scalar)
+        self.unlogged_mae(pred, y)                       # forward() value, not logged: stays with the data owner
+
+    def on_validation_epoch_end(self):
+        rank = self.trainer.strategy.party.rank
+        scores = self.scores.compute()  # a vector: stays with the data owner
+        held = {"scores": scores, "state": [t.clone() for t in self.scores.value],
+                "unlogged": self.unlogged_mae._forward_cache, "logged": self.batch_mae._forward_cache}
+        torch.save(held, os.path.join(self.out_dir, f"party{rank}.pt"))
+
+
+def test_catmetric_scores_stay_with_the_data_owner(tmp_path):
+    torch.manual_seed(0)
+    model = ScoreCollector(str(tmp_path))
+    x, y = regression_data()
+    trainer = pl.Trainer(strategy=RSS3PC(timeout=TIMEOUT), **trainer_kwargs(tmp_path))
+    (res,) = trainer.validate(model, DataLoader(TensorDataset(x, y), batch_size=16))
+    with torch.no_grad():
+        pred = model(x)
+    held = [torch.load(tmp_path / f"party{r}.pt", weights_only=False) for r in range(3)]
+    assert torch.allclose(held[0]["scores"], pred, atol=1e-3)  # the data owner has its scores
+    assert held[0]["unlogged"] is not None
+    for r in (1, 2):  # the others never see a score, in the result or in the metric's state
+        assert held[r]["scores"] is None and held[r]["state"] == [], held[r]
+        assert held[r]["unlogged"] is None
+        assert held[r]["logged"] is not None and held[r]["logged"].numel() == 1  # published: logged, a scalar
+    assert abs(res["batch_mae"] - (pred - y).abs().mean().item()) < 1e-3
+    published = {(o.name, o.shape) for o in trainer.strategy.openings if o.kind == "publish"}
+    assert published == {("batch_mae", ())}, published
+
+
+class SkewedFracBits(RSS3PC):
+    """Party 1 is started with 16 fractional bits, the others with the default 20 (as if configured separately)."""
+
+    def setup_environment(self):
+        if os.environ.get("LOCAL_RANK") == "1":
+            from secure_lightning.encoding import FixedPoint
+            self.encoding = FixedPoint(16)
+        super().setup_environment()
+
+
+def test_frac_bits_mismatch_stops_all_parties_at_the_handshake(tmp_path):
+    from secure_lightning.handshake import HandshakeError
+    trainer = pl.Trainer(strategy=SkewedFracBits(timeout=TIMEOUT), max_steps=1, **trainer_kwargs(tmp_path))
+    with pytest.raises(HandshakeError, match=r"frac_bits differs \(party 0: 20, party 1: 16, party 2: 20\)") as info:
+        trainer.fit(LinearRegressor())
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    for r in range(3):  # each party raised the handshake error itself
+        assert f"party {r}: HandshakeError" in notes, notes
+
+
 class MetricLogger(LinearRegressor):
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -467,9 +654,12 @@ if __name__ == "__main__":
     model = LinearRegressor()
     x, y = regression_data()
     loader = DataLoader(TensorDataset(x, y), batch_size=8) if rank == 0 else NoData()
+    # only the data owner names a validation loader: the others learn from it that one exists
+    val = DataLoader(TensorDataset(x, y), batch_size=16) if rank == 0 else None
     trainer = pl.Trainer(strategy=RSS3PC(timeout=60), num_nodes=3, devices=1, max_steps=6,
-                         **trainer_kwargs({out!r} + f"/root{{rank}}"))
-    trainer.fit(model, loader)
+                         **trainer_kwargs({out!r} + f"/root{{rank}}", limit_val_batches=1))
+    trainer.fit(model, loader, val)
+    assert "val_loss" in trainer.callback_metrics
     torch.save({{k: v.detach() for k, v in model.state_dict().items()}}, {out!r} + f"/w{{rank}}.pt")
 """
 
