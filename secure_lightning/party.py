@@ -35,9 +35,13 @@ class OpeningAudit:
     records: list = field(default_factory=list)
     gate: Optional[Callable[[str, tuple, str], None]] = None
 
-    def record(self, label: str, shape, to: str):
+    def allow(self, label: str, shape, to: str) -> None:
+        """Ask the gate (raises when the opening is refused). Cost: 0, nothing is sent."""
         if self.gate is not None:
             self.gate(label, tuple(shape), to)
+
+    def record(self, label: str, shape, to: str):
+        self.allow(label, shape, to)
         self.records.append(Opening(label, tuple(shape), to))
 
     def clear(self):

@@ -202,11 +202,13 @@ def reveal(x: Shares, to: int | None = None, *, party, label: str = "reveal") ->
     """
     if to is not None and to not in (0, 1, 2):
         raise ValueError(f"reveal: to must be None (all parties) or 0, 1, 2, got {to}")
+    to_name = "all" if to is None else f"party {to}"
+    party.audit.allow(label, x.shape, to_name)  # a refused opening moves nothing, not even the guard's check
     if getattr(party, "guard", None) is not None and party.guard.pending:
         from .guard import check  # nothing is opened while a product may have overflowed unnoticed
         check(party=party)
     with party.label(f"reveal/{label}"):
-        party.audit.record(label, x.shape, "all" if to is None else f"party {to}")
+        party.audit.record(label, x.shape, to_name)
         return _open(x, to, party=party)
 
 
