@@ -68,6 +68,7 @@ from .data import DataFeed, NoData, PendingBatch, install_peer_sources, owner_pl
 from .encoding import FixedPoint
 from .handshake import handshake, session_fields
 from .launcher import PartyLauncher, PartyOutput
+from .layout import PartyLayout
 from .ledger import OpeningLedger, OwnerHeld  # noqa: F401 (OwnerHeld: public here too)
 from .protocols import guard
 from .reveal import RevealPolicy, RevealPolicyError, report
@@ -168,13 +169,9 @@ class RSS3PC(ParallelStrategy):
         self.timeout = float(timeout)
         self.encoding = FixedPoint() if frac_bits is None else FixedPoint(frac_bits)
         self.export_plaintext_on_save = export_plaintext
-        self._backend_choice = backend
         self.insecure_fast_prg = insecure_fast_prg
         self.overflow_guard = bool(overflow_guard)
-        self._num_nodes = 1
-        self._procs_per_node = 3
-        self._backend = "gloo"
-        self._spawn = True
+        self.layout = PartyLayout(backend)  # processes, devices, ranks (secure_lightning.layout)
         self._spawned_as = None          # (rank, addr, port) inside a process our launcher spawned
         self._party = None
         self._channel: Optional[PublicChannel] = None
@@ -192,15 +189,15 @@ class RSS3PC(ParallelStrategy):
     # ---- layout: processes, devices, ranks ----------------------------------------------------------------------
     @property
     def num_nodes(self) -> int:
-        return self._num_nodes
+        return self.layout.num_nodes
 
     @num_nodes.setter
     def num_nodes(self, n: int) -> None:
-        self._num_nodes = n
+        self.layout.num_nodes = n
 
     @property
     def num_processes(self) -> int:
-        return self._procs_per_node
+        return self.layout.procs_per_node
 
     @property
     def is_distributed(self) -> bool:
@@ -214,10 +211,7 @@ class RSS3PC(ParallelStrategy):
 
     @property
     def root_device(self) -> torch.device:
-        devs = self.parallel_devices
-        if not devs:
-            return torch.device("cpu")
-        return devs[min(self.local_rank, len(devs) - 1)]
+        return self.layout.root_device(self.parallel_devices, self.local_rank)
 
     @property
     def party(self):
@@ -225,48 +219,11 @@ class RSS3PC(ParallelStrategy):
         return self._party
 
     def _resolve_layout(self) -> None:
-        nodes = self.num_nodes
-        if nodes not in (1, 3):
-            raise ValueError(f"RSS3PC runs exactly three parties: on one machine (num_nodes=1) or on three hosts "
-                             f"(num_nodes=3, devices=1: one party per host); got num_nodes={nodes}")
-        devs = [torch.device(d) for d in (self.parallel_devices or [torch.device("cpu")])]  # idempotent
-        kind = devs[0].type
-        if kind not in ("cpu", "cuda"):
-            raise ValueError(f"RSS3PC supports the cpu and cuda accelerators, got {kind!r}")
-        if nodes == 3:
-            if len(devs) != 1:
-                raise ValueError(f"RSS3PC on three hosts runs one party per host: use Trainer(num_nodes=3, devices=1), "
-                                 f"got {len(devs)} devices per host")
-            local = devs
-        elif kind == "cpu":
-            if len(devs) not in (1, 3):
-                raise ValueError(f"RSS3PC always runs three party processes; on CPU leave devices at 1 (or 3), got "
-                                 f"devices={len(devs)}")
-            local = [torch.device("cpu")] * 3
-        else:
-            local = devs[:3] if len(devs) >= 3 else [devs[0]] * 3
-        distinct_gpus = kind == "cuda" and (nodes == 3 or len({str(d) for d in local}) == 3)
-        backend = self._backend_choice or ("nccl" if distinct_gpus else "gloo")
-        if backend == "nccl" and not distinct_gpus:
-            raise ValueError("RSS3PC(backend='nccl') needs one GPU per party (NCCL refuses two ranks on one GPU); "
-                             "use backend='gloo' or three GPUs")
-        self._procs_per_node = 1 if nodes == 3 else 3
-        self.parallel_devices = local
-        self._backend = backend
-        env = self.cluster_environment
-        external = env is not None and env.creates_processes_externally
-        self._spawn = nodes == 1 and not external
+        self.parallel_devices = self.layout.resolve(self.parallel_devices, self.cluster_environment)
 
     def set_world_ranks(self) -> None:
         self._resolve_layout()
-        env = self.cluster_environment
-        if env is not None:
-            env.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
-            env.set_world_size(self.num_nodes * self.num_processes)
-            if env.world_size() != 3:
-                raise ValueError(f"RSS3PC runs exactly three parties, the cluster environment has world size "
-                                 f"{env.world_size()} (torchrun: --nproc_per_node=3 on one machine, or --nnodes=3 "
-                                 f"--nproc_per_node=1)")
+        self.layout.set_world_ranks(self.cluster_environment, self.node_rank, self.local_rank)
         rank_zero_only.rank = utils_rank_zero_only.rank = self.global_rank
 
     def _configure_launcher(self) -> None:
@@ -281,7 +238,7 @@ class RSS3PC(ParallelStrategy):
                     raise ValueError(f"RSS3PC on three hosts (num_nodes=3): set {', '.join(missing)} on every host "
                                      f"(MASTER_ADDR/MASTER_PORT: party 0's address and a free port; NODE_RANK: 0, 1, "
                                      f"2) or start with torchrun")
-        self._launcher = PartyLauncher(self, spawn=self._spawn)
+        self._launcher = PartyLauncher(self, spawn=self.layout.spawn)
 
     def _check_precision(self) -> None:
         plugin = self._precision_plugin
@@ -322,7 +279,7 @@ class RSS3PC(ParallelStrategy):
             rank, addr, port = self._spawned_as
         else:
             addr, port = self.cluster_environment.main_address, self.cluster_environment.main_port
-        self._party = init_party(rank, addr, int(port), backend=self._backend, timeout=self.timeout,
+        self._party = init_party(rank, addr, int(port), backend=self.layout.backend, timeout=self.timeout,
                                  encoding=self.encoding, device=self.root_device,
                                  insecure_fast_prg=self.insecure_fast_prg,
                                  threads=1 if self._spawned_as is not None else None)
@@ -351,11 +308,11 @@ class RSS3PC(ParallelStrategy):
         # logged values are opened to all parties and equal everywhere: Lightning's advice to sync them is moot
         warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(.*sync_dist=True\)`",
                                 category=PossibleUserWarning)
-        log.info(f"RSS3PC: party {rank} ready on {self.root_device} ({self._backend})")
+        log.info(f"RSS3PC: party {rank} ready on {self.root_device} ({self.layout.backend})")
 
     def connect(self, model: "pl.LightningModule") -> None:
         super().connect(model)
-        if self._spawned_as is None and self._spawn:
+        if self._spawned_as is None and self.layout.spawn:
             return  # the launching process on one machine: nothing runs here
         rank = self._spawned_as[0] if self._spawned_as is not None else self.global_rank
         plan = getattr(self, "_data_plan", None)
@@ -564,7 +521,7 @@ class RSS3PC(ParallelStrategy):
 
     # ---- collectives on public values ---------------------------------------------------------------------------
     def _collective_device(self) -> torch.device:
-        return self.root_device if self._backend == "nccl" else torch.device("cpu")
+        return self.root_device if self.layout.backend == "nccl" else torch.device("cpu")
 
     def _refuse_shared(self, obj, op: str) -> None:
         if self._party is not None and _contains_shared(obj):
@@ -600,7 +557,7 @@ class RSS3PC(ParallelStrategy):
         if not (dist.is_available() and dist.is_initialized()):
             return
         with self._collective(f"barrier {name or ''}".strip()):
-            if self._backend == "gloo":
+            if self.layout.backend == "gloo":
                 dist.monitored_barrier(timeout=datetime.timedelta(seconds=self.timeout), wait_all_ranks=True)
             else:
                 dist.barrier(device_ids=[self.root_device.index])
