@@ -52,7 +52,6 @@ from torch import Tensor
 
 import pytorch_lightning as pl
 from lightning_fabric.plugins import CheckpointIO, ClusterEnvironment
-from lightning_fabric.utilities.distributed import _all_gather_ddp_if_available, _sync_ddp
 from lightning_fabric.utilities.types import ReduceOp
 from pytorch_lightning.plugins.precision import Precision
 from pytorch_lightning.strategies import ParallelStrategy, StrategyRegistry
@@ -63,6 +62,7 @@ from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from . import nn as secure_nn
 from .channel import PublicChannel
+from .collectives import PublicCollectives, contains_shared
 from .checkpoint_io import ShareCheckpointIO, checkpoint_base, from_blobs, party_path, to_blobs  # noqa: F401
 from .data import DataFeed, NoData, PendingBatch, install_peer_sources, owner_plan
 from .encoding import FixedPoint
@@ -71,7 +71,7 @@ from .launcher import PartyLauncher, PartyOutput
 from .layout import PartyLayout
 from .ledger import OpeningLedger, OwnerHeld  # noqa: F401 (OwnerHeld: public here too)
 from .protocols import guard
-from .reveal import RevealPolicy, RevealPolicyError, report
+from .reveal import RevealPolicy, RevealPolicyError, report  # noqa: F401 (RevealPolicyError: public here too)
 from .runtime import DEFAULT_TIMEOUT, init_party
 from .tensor import SharedTensor
 
@@ -84,12 +84,6 @@ _STEP_HOOKS = ("training_step", "validation_step", "test_step", "predict_step")
 
 def _is_shared(x) -> bool:
     return isinstance(x, SharedTensor)
-
-
-def _contains_shared(obj) -> bool:
-    found = []
-    apply_to_collection(obj, SharedTensor, lambda t: found.append(1))
-    return bool(found)
 
 
 class SharePrecision(Precision):
@@ -172,6 +166,7 @@ class RSS3PC(ParallelStrategy):
         self.insecure_fast_prg = insecure_fast_prg
         self.overflow_guard = bool(overflow_guard)
         self.layout = PartyLayout(backend)  # processes, devices, ranks (secure_lightning.layout)
+        self.collectives = PublicCollectives(self)  # reduce, barrier, broadcast, all_gather on public values
         self._spawned_as = None          # (rank, addr, port) inside a process our launcher spawned
         self._party = None
         self._channel: Optional[PublicChannel] = None
@@ -515,71 +510,22 @@ class RSS3PC(ParallelStrategy):
     def predict_step(self, *args: Any, **kwargs: Any) -> Any:
         out = super().predict_step(*args, **kwargs)
         self._guard_check()
-        if self._party is None or not _contains_shared(out):
+        if self._party is None or not contains_shared(out):
             return out
         return self.reveal(out, "predictions", "predict_step")
 
     # ---- collectives on public values ---------------------------------------------------------------------------
-    def _collective_device(self) -> torch.device:
-        return self.root_device if self.layout.backend == "nccl" else torch.device("cpu")
-
-    def _refuse_shared(self, obj, op: str) -> None:
-        if self._party is not None and _contains_shared(obj):
-            raise RevealPolicyError(f"RSS3PC.{op} got a secret-shared tensor: collectives work on public values "
-                                    f"only. Open it first with self.log(...) or trainer.strategy.reveal(...)")
-
-    @contextmanager
-    def _collective(self, op: str):
-        """Name the operation and this party when a process-group collective fails (a peer died or hung)."""
-        try:
-            yield
-        except RuntimeError as e:
-            from .comm import PartyTimeoutError
-            if isinstance(e, PartyTimeoutError):
-                raise
-            rank = self._party.rank if self._party is not None else self.global_rank
-            raise PartyTimeoutError(f"party {rank}: {op} over the process group failed (a party died, hung or "
-                                    f"diverged; timeout {self.timeout:g}s): {e}") from e
-
     def reduce(self, tensor, group: Optional[Any] = None, reduce_op: Optional[Union[ReduceOp, str]] = "mean"):
-        """All-reduce a public tensor over the three parties (mean by default); anything else comes back as is."""
-        if not isinstance(tensor, Tensor):
-            return tensor
-        self._refuse_shared(tensor, "reduce")
-        if not (dist.is_available() and dist.is_initialized()):
-            return tensor
-        t = tensor.detach().to(self._collective_device()).clone()
-        with self._collective("reduce"):
-            out = _sync_ddp(t, group, reduce_op)
-        return out.to(tensor.device)
+        return self.collectives.reduce(tensor, group, reduce_op)
 
     def barrier(self, name: Optional[str] = None) -> None:
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        with self._collective(f"barrier {name or ''}".strip()):
-            if self.layout.backend == "gloo":
-                dist.monitored_barrier(timeout=datetime.timedelta(seconds=self.timeout), wait_all_ranks=True)
-            else:
-                dist.barrier(device_ids=[self.root_device.index])
+        self.collectives.barrier(name)
 
     def broadcast(self, obj, src: int = 0):
-        if not (dist.is_available() and dist.is_initialized()):
-            return obj
-        self._refuse_shared(obj, "broadcast")
-        if self._party is None:
-            raise RuntimeError("RSS3PC.broadcast runs in the parties only")
-        # public values only, in the channel's typed format (Lightning's broadcast_object_list would unpickle a
-        # peer's bytes)
-        return self.channel.publish("broadcast", obj, src, label="broadcast")
+        return self.collectives.broadcast(obj, src)
 
     def all_gather(self, tensor: Tensor, group: Optional[Any] = None, sync_grads: bool = False) -> Tensor:
-        self._refuse_shared(tensor, "all_gather")
-        if not (dist.is_available() and dist.is_initialized()):
-            return tensor
-        with self._collective("all_gather"):
-            out = _all_gather_ddp_if_available(tensor.to(self._collective_device()), group=group,
-                                               sync_grads=sync_grads)
-        return out.to(tensor.device)
+        return self.collectives.all_gather(tensor, group, sync_grads)
 
     @contextmanager
     def block_backward_sync(self):
