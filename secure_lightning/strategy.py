@@ -46,7 +46,6 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.distributed as dist
-from lightning_utilities.core.apply_func import apply_to_collection
 from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero_only
 from torch import Tensor
 
@@ -71,6 +70,7 @@ from .launcher import PartyLauncher, PartyOutput
 from .layout import PartyLayout
 from .ledger import OpeningLedger, OwnerHeld  # noqa: F401 (OwnerHeld: public here too)
 from .protocols import guard
+from . import results as results_
 from .reveal import RevealPolicy, RevealPolicyError, report  # noqa: F401 (RevealPolicyError: public here too)
 from .runtime import DEFAULT_TIMEOUT, init_party
 from .tensor import SharedTensor
@@ -593,68 +593,17 @@ class RSS3PC(ParallelStrategy):
 
     # ---- results back to the launching process --------------------------------------------------------------------
     def party_output(self, trainer: "pl.Trainer", results) -> PartyOutput:
-        """What a spawned party hands back to the launching process: public state, and its own results."""
-        r = self._party.rank if self._party is not None else self.global_rank
-        to_cpu = lambda t: t.detach().cpu()  # noqa: E731
-        out = PartyOutput(rank=r, state=trainer.state, results=apply_to_collection(results, Tensor, to_cpu),
-                          callback_metrics=apply_to_collection(dict(trainer.callback_metrics), Tensor, to_cpu),
-                          openings=list(self.ledger.records),
-                          audit=list(self._party.audit.records) if self._party is not None else [],
-                          unaccounted=self.unaccounted_openings(), comm=self._comm_totals())
-        if trainer.state.fn == TrainerFn.FITTING:
-            out.fit_loop = trainer.fit_loop.state_dict()
-            out.checkpoint_callbacks = [
-                {k: getattr(cb, k) for k in ("best_model_path", "best_model_score", "last_model_path",
-                                             "best_k_models", "kth_best_model_path", "kth_value")
-                 if hasattr(cb, k)} for cb in trainer.checkpoint_callbacks]
-            if self._weights_revealed:
-                out.weights = {k: v.detach().cpu() for k, v in trainer.lightning_module.state_dict().items()}
-        return out
-
-    def _comm_totals(self) -> dict | None:
-        """This party's communication since its processes started (one stage): totals and bytes by top label."""
-        if self._party is None:
-            return None
-        stats = self._party.comm.stats
-        tot = stats.total()
-        return {"bytes": tot.bytes, "rounds": tot.rounds, "messages": tot.messages,
-                "bytes_by_label": {k: c.bytes for k, c in stats.grouped(1).items()}}
+        """What a spawned party hands back to the launching process (secure_lightning.results)."""
+        return results_.party_output(self, trainer, results)
 
     def communication_summary(self) -> dict:
         """In the launching process, after a stage: party 0's bytes sent, rounds and messages, its bytes by protocol
         label, and `bytes_all_parties` (sum over the three). Empty before any stage ran."""
-        comm = getattr(self, "_party_comm", None) or {}
-        if not comm.get(0):
-            return {}
-        return {**comm[0], "bytes_all_parties": sum(c["bytes"] for c in comm.values() if c)}
+        return results_.communication_summary(getattr(self, "_party_comm", None))
 
     def restore_outputs(self, trainer: "pl.Trainer", outs: list) -> Any:
-        """In the launching process: put the parties' PartyOutputs where Lightning keeps them; returns the results
-        of the Trainer call (predictions: those of their recipient)."""
-        main = outs[self.data_owner]
-        trainer.state = main.state
-        trainer.callback_metrics.update(main.callback_metrics)
-        self._openings = main.openings
-        self._party_audits = {o.rank: o.audit for o in outs}
-        self._party_unaccounted = main.unaccounted
-        self._party_comm = {o.rank: o.comm for o in outs}
-        if trainer.state.fn == TrainerFn.FITTING:
-            owner = self.policy.recipient("weights")
-            src = outs[owner] if isinstance(owner, int) else outs[self.model_owner]
-            if src.weights is not None:
-                trainer.lightning_module.load_state_dict(src.weights, strict=True)
-            try:
-                trainer.fit_loop.load_state_dict(main.fit_loop)
-                trainer.fit_loop.restarting = False
-            except Exception as e:  # pragma: no cover - best effort
-                log.debug(f"RSS3PC: could not restore the fit loop counters: {e}")
-            for cb, attrs in zip(trainer.checkpoint_callbacks, main.checkpoint_callbacks):
-                for k, v in attrs.items():
-                    setattr(cb, k, v)
-        if trainer.state.fn == TrainerFn.PREDICTING:
-            to = self.policy.recipient("predictions")
-            return outs[to].results if isinstance(to, int) else main.results
-        return main.results
+        """In the launching process: put the parties' PartyOutputs where Lightning keeps them (results.py)."""
+        return results_.restore_outputs(self, trainer, outs)
 
     def bind_spawned_process(self, rank: int, addr: str, port: int) -> None:
         """Inside a party process the launcher started: this process is party `rank`, rendezvous at addr:port."""
