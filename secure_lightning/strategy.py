@@ -4,33 +4,17 @@
     trainer = Trainer(strategy=secure_lightning.RSS3PC(), max_epochs=3)
     trainer.fit(model, train_loader, val_loader)  # model's parameters hold the trained weights afterwards
 
-Parties and roles. Three processes (parties P0, P1, P2) hold replicated shares of every weight, activation and
-gradient. The *data owner* (default P0) is the only party that iterates the dataloaders; each batch is secret-shared
-when it reaches `batch_to_device` (shapes and dtypes are public). The *model owner* (default P0) supplies the initial
-weights, which are shared in `setup` before the optimizers are built, and receives the trained weights at the end of
-fit. Lightning's loops run in all three parties in lock step: the other parties iterate a stub loader of the data
-owner's length and receive shares instead of batches.
+Three party processes hold replicated shares of every weight, activation and gradient and run Lightning's loops in
+lock step; only the data owner reads data (batches are shared in `batch_to_device`), the model owner supplies and gets
+back the weights, and nothing is opened unless `RSS3PC(reveal=...)` allows it. Roles, reveal policy, launch on one
+machine or three hosts, and checkpoints: see the README (Concepts).
 
-Reveal policy. Nothing is opened unless `RSS3PC(reveal=...)` allows it (see `secure_lightning.reveal`): by default
-logged losses and metrics go to all parties (so progress bar, loggers and callbacks work and agree), predictions to
-the data owner and weights to the model owner. `self.log`/`self.log_dict` open shared values collectively; a value
-the policy does not allow raises `RevealPolicyError` on every party before anything is sent, and so does any other
-opening (a direct reveal_tensor): the ledger gates them all. `strategy.openings` / `strategy.opening_report()` list
-every opening (also in the launching process after the run).
-
-Launch. On one machine the strategy starts the three party processes itself (CPU: gloo, one thread each; CUDA: one
-party per GPU with three GPUs and NCCL, otherwise all three on one GPU with gloo transport). On three hosts use
-Lightning's multi-node conventions: `Trainer(num_nodes=3, devices=1)` with MASTER_ADDR, MASTER_PORT and NODE_RANK set
-on each host (or torchrun); on hosts other than the data owner pass `secure_lightning.NoData()` as dataloaders.
-
-Checkpoints. Every party writes its own shares atomically to `<path>.party<r>` (and a public manifest without shares
-to `<path>`); `ckpt_path=<path>` (or "last"/"best") restores all three exactly. `export_plaintext(path)` (or
-`RSS3PC(export_plaintext=True)` on every checkpoint) writes the model owner's plaintext `state_dict`.
-
-Pieces (each its own module, as Lightning's DDPStrategy delegates to its launcher and plugins): the party-to-party
-channel for public messages (channel.py), the start-up handshake (handshake.py), the opening ledger that enforces
-the policy and makes every opening, with the log and metric wrappers (ledger.py), data feeding (data.py), the share
-checkpoint files (checkpoint_io.py, a CheckpointIO) and the launcher with its typed PartyOutput (launcher.py).
+Pieces (each its own module, as Lightning's DDPStrategy delegates to its launcher and plugins): process and device
+layout (layout.py), collectives on public values (collectives.py), the party-to-party channel for public messages
+(channel.py), the start-up handshake (handshake.py), the opening ledger that enforces the policy and makes every
+opening, with the log and metric wrappers (ledger.py), data feeding (data.py), the share checkpoint files
+(checkpoint_io.py, a CheckpointIO), the launcher with its typed PartyOutput (launcher.py) and the results handed back
+to the launching process (results.py).
 
 Threat model: semi-honest parties, honest majority (no two parties collude); see the README.
 """
