@@ -4,33 +4,17 @@
     trainer = Trainer(strategy=secure_lightning.RSS3PC(), max_epochs=3)
     trainer.fit(model, train_loader, val_loader)  # model's parameters hold the trained weights afterwards
 
-Parties and roles. Three processes (parties P0, P1, P2) hold replicated shares of every weight, activation and
-gradient. The *data owner* (default P0) is the only party that iterates the dataloaders; each batch is secret-shared
-when it reaches `batch_to_device` (shapes and dtypes are public). The *model owner* (default P0) supplies the initial
-weights, which are shared in `setup` before the optimizers are built, and receives the trained weights at the end of
-fit. Lightning's loops run in all three parties in lock step: the other parties iterate a stub loader of the data
-owner's length and receive shares instead of batches.
+Three party processes hold replicated shares of every weight, activation and gradient and run Lightning's loops in
+lock step; only the data owner reads data (batches are shared in `batch_to_device`), the model owner supplies and gets
+back the weights, and nothing is opened unless `RSS3PC(reveal=...)` allows it. Roles, reveal policy, launch on one
+machine or three hosts, and checkpoints: see the README (Concepts).
 
-Reveal policy. Nothing is opened unless `RSS3PC(reveal=...)` allows it (see `secure_lightning.reveal`): by default
-logged losses and metrics go to all parties (so progress bar, loggers and callbacks work and agree), predictions to
-the data owner and weights to the model owner. `self.log`/`self.log_dict` open shared values collectively; a value
-the policy does not allow raises `RevealPolicyError` on every party before anything is sent, and so does any other
-opening (a direct reveal_tensor): the ledger gates them all. `strategy.openings` / `strategy.opening_report()` list
-every opening (also in the launching process after the run).
-
-Launch. On one machine the strategy starts the three party processes itself (CPU: gloo, one thread each; CUDA: one
-party per GPU with three GPUs and NCCL, otherwise all three on one GPU with gloo transport). On three hosts use
-Lightning's multi-node conventions: `Trainer(num_nodes=3, devices=1)` with MASTER_ADDR, MASTER_PORT and NODE_RANK set
-on each host (or torchrun); on hosts other than the data owner pass `secure_lightning.NoData()` as dataloaders.
-
-Checkpoints. Every party writes its own shares atomically to `<path>.party<r>` (and a public manifest without shares
-to `<path>`); `ckpt_path=<path>` (or "last"/"best") restores all three exactly. `export_plaintext(path)` (or
-`RSS3PC(export_plaintext=True)` on every checkpoint) writes the model owner's plaintext `state_dict`.
-
-Pieces (each its own module, as Lightning's DDPStrategy delegates to its launcher and plugins): the party-to-party
-channel for public messages (channel.py), the start-up handshake (handshake.py), the opening ledger that enforces
-the policy and makes every opening, with the log and metric wrappers (ledger.py), data feeding (data.py), the share
-checkpoint files (checkpoint_io.py, a CheckpointIO) and the launcher with its typed PartyOutput (launcher.py).
+Pieces (each its own module, as Lightning's DDPStrategy delegates to its launcher and plugins): process and device
+layout (layout.py), collectives on public values (collectives.py), the party-to-party channel for public messages
+(channel.py), the start-up handshake (handshake.py), the opening ledger that enforces the policy and makes every
+opening, with the log and metric wrappers (ledger.py), data feeding (data.py), the share checkpoint files
+(checkpoint_io.py, a CheckpointIO), the launcher with its typed PartyOutput (launcher.py) and the results handed back
+to the launching process (results.py).
 
 Threat model: semi-honest parties, honest majority (no two parties collude); see the README.
 """
@@ -46,13 +30,11 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.distributed as dist
-from lightning_utilities.core.apply_func import apply_to_collection
 from lightning_utilities.core.rank_zero import rank_zero_only as utils_rank_zero_only
 from torch import Tensor
 
 import pytorch_lightning as pl
 from lightning_fabric.plugins import CheckpointIO, ClusterEnvironment
-from lightning_fabric.utilities.distributed import _all_gather_ddp_if_available, _sync_ddp
 from lightning_fabric.utilities.types import ReduceOp
 from pytorch_lightning.plugins.precision import Precision
 from pytorch_lightning.strategies import ParallelStrategy, StrategyRegistry
@@ -63,14 +45,17 @@ from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from . import nn as secure_nn
 from .channel import PublicChannel
+from .collectives import PublicCollectives, contains_shared
 from .checkpoint_io import ShareCheckpointIO, checkpoint_base, from_blobs, party_path, to_blobs  # noqa: F401
 from .data import DataFeed, NoData, PendingBatch, install_peer_sources, owner_plan
 from .encoding import FixedPoint
 from .handshake import handshake, session_fields
 from .launcher import PartyLauncher, PartyOutput
+from .layout import PartyLayout
 from .ledger import OpeningLedger, OwnerHeld  # noqa: F401 (OwnerHeld: public here too)
 from .protocols import guard
-from .reveal import RevealPolicy, RevealPolicyError, report
+from . import results as results_
+from .reveal import RevealPolicy, RevealPolicyError, report  # noqa: F401 (RevealPolicyError: public here too)
 from .runtime import DEFAULT_TIMEOUT, init_party
 from .tensor import SharedTensor
 
@@ -83,12 +68,6 @@ _STEP_HOOKS = ("training_step", "validation_step", "test_step", "predict_step")
 
 def _is_shared(x) -> bool:
     return isinstance(x, SharedTensor)
-
-
-def _contains_shared(obj) -> bool:
-    found = []
-    apply_to_collection(obj, SharedTensor, lambda t: found.append(1))
-    return bool(found)
 
 
 class SharePrecision(Precision):
@@ -168,13 +147,10 @@ class RSS3PC(ParallelStrategy):
         self.timeout = float(timeout)
         self.encoding = FixedPoint() if frac_bits is None else FixedPoint(frac_bits)
         self.export_plaintext_on_save = export_plaintext
-        self._backend_choice = backend
         self.insecure_fast_prg = insecure_fast_prg
         self.overflow_guard = bool(overflow_guard)
-        self._num_nodes = 1
-        self._procs_per_node = 3
-        self._backend = "gloo"
-        self._spawn = True
+        self.layout = PartyLayout(backend)  # processes, devices, ranks (secure_lightning.layout)
+        self.collectives = PublicCollectives(self)  # reduce, barrier, broadcast, all_gather on public values
         self._spawned_as = None          # (rank, addr, port) inside a process our launcher spawned
         self._party = None
         self._channel: Optional[PublicChannel] = None
@@ -192,15 +168,15 @@ class RSS3PC(ParallelStrategy):
     # ---- layout: processes, devices, ranks ----------------------------------------------------------------------
     @property
     def num_nodes(self) -> int:
-        return self._num_nodes
+        return self.layout.num_nodes
 
     @num_nodes.setter
     def num_nodes(self, n: int) -> None:
-        self._num_nodes = n
+        self.layout.num_nodes = n
 
     @property
     def num_processes(self) -> int:
-        return self._procs_per_node
+        return self.layout.procs_per_node
 
     @property
     def is_distributed(self) -> bool:
@@ -214,10 +190,7 @@ class RSS3PC(ParallelStrategy):
 
     @property
     def root_device(self) -> torch.device:
-        devs = self.parallel_devices
-        if not devs:
-            return torch.device("cpu")
-        return devs[min(self.local_rank, len(devs) - 1)]
+        return self.layout.root_device(self.parallel_devices, self.local_rank)
 
     @property
     def party(self):
@@ -225,48 +198,11 @@ class RSS3PC(ParallelStrategy):
         return self._party
 
     def _resolve_layout(self) -> None:
-        nodes = self.num_nodes
-        if nodes not in (1, 3):
-            raise ValueError(f"RSS3PC runs exactly three parties: on one machine (num_nodes=1) or on three hosts "
-                             f"(num_nodes=3, devices=1: one party per host); got num_nodes={nodes}")
-        devs = [torch.device(d) for d in (self.parallel_devices or [torch.device("cpu")])]  # idempotent
-        kind = devs[0].type
-        if kind not in ("cpu", "cuda"):
-            raise ValueError(f"RSS3PC supports the cpu and cuda accelerators, got {kind!r}")
-        if nodes == 3:
-            if len(devs) != 1:
-                raise ValueError(f"RSS3PC on three hosts runs one party per host: use Trainer(num_nodes=3, devices=1), "
-                                 f"got {len(devs)} devices per host")
-            local = devs
-        elif kind == "cpu":
-            if len(devs) not in (1, 3):
-                raise ValueError(f"RSS3PC always runs three party processes; on CPU leave devices at 1 (or 3), got "
-                                 f"devices={len(devs)}")
-            local = [torch.device("cpu")] * 3
-        else:
-            local = devs[:3] if len(devs) >= 3 else [devs[0]] * 3
-        distinct_gpus = kind == "cuda" and (nodes == 3 or len({str(d) for d in local}) == 3)
-        backend = self._backend_choice or ("nccl" if distinct_gpus else "gloo")
-        if backend == "nccl" and not distinct_gpus:
-            raise ValueError("RSS3PC(backend='nccl') needs one GPU per party (NCCL refuses two ranks on one GPU); "
-                             "use backend='gloo' or three GPUs")
-        self._procs_per_node = 1 if nodes == 3 else 3
-        self.parallel_devices = local
-        self._backend = backend
-        env = self.cluster_environment
-        external = env is not None and env.creates_processes_externally
-        self._spawn = nodes == 1 and not external
+        self.parallel_devices = self.layout.resolve(self.parallel_devices, self.cluster_environment)
 
     def set_world_ranks(self) -> None:
         self._resolve_layout()
-        env = self.cluster_environment
-        if env is not None:
-            env.set_global_rank(self.node_rank * self.num_processes + self.local_rank)
-            env.set_world_size(self.num_nodes * self.num_processes)
-            if env.world_size() != 3:
-                raise ValueError(f"RSS3PC runs exactly three parties, the cluster environment has world size "
-                                 f"{env.world_size()} (torchrun: --nproc_per_node=3 on one machine, or --nnodes=3 "
-                                 f"--nproc_per_node=1)")
+        self.layout.set_world_ranks(self.cluster_environment, self.node_rank, self.local_rank)
         rank_zero_only.rank = utils_rank_zero_only.rank = self.global_rank
 
     def _configure_launcher(self) -> None:
@@ -281,7 +217,7 @@ class RSS3PC(ParallelStrategy):
                     raise ValueError(f"RSS3PC on three hosts (num_nodes=3): set {', '.join(missing)} on every host "
                                      f"(MASTER_ADDR/MASTER_PORT: party 0's address and a free port; NODE_RANK: 0, 1, "
                                      f"2) or start with torchrun")
-        self._launcher = PartyLauncher(self, spawn=self._spawn)
+        self._launcher = PartyLauncher(self, spawn=self.layout.spawn)
 
     def _check_precision(self) -> None:
         plugin = self._precision_plugin
@@ -322,7 +258,7 @@ class RSS3PC(ParallelStrategy):
             rank, addr, port = self._spawned_as
         else:
             addr, port = self.cluster_environment.main_address, self.cluster_environment.main_port
-        self._party = init_party(rank, addr, int(port), backend=self._backend, timeout=self.timeout,
+        self._party = init_party(rank, addr, int(port), backend=self.layout.backend, timeout=self.timeout,
                                  encoding=self.encoding, device=self.root_device,
                                  insecure_fast_prg=self.insecure_fast_prg,
                                  threads=1 if self._spawned_as is not None else None)
@@ -351,11 +287,11 @@ class RSS3PC(ParallelStrategy):
         # logged values are opened to all parties and equal everywhere: Lightning's advice to sync them is moot
         warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\(.*sync_dist=True\)`",
                                 category=PossibleUserWarning)
-        log.info(f"RSS3PC: party {rank} ready on {self.root_device} ({self._backend})")
+        log.info(f"RSS3PC: party {rank} ready on {self.root_device} ({self.layout.backend})")
 
     def connect(self, model: "pl.LightningModule") -> None:
         super().connect(model)
-        if self._spawned_as is None and self._spawn:
+        if self._spawned_as is None and self.layout.spawn:
             return  # the launching process on one machine: nothing runs here
         rank = self._spawned_as[0] if self._spawned_as is not None else self.global_rank
         plan = getattr(self, "_data_plan", None)
@@ -558,71 +494,22 @@ class RSS3PC(ParallelStrategy):
     def predict_step(self, *args: Any, **kwargs: Any) -> Any:
         out = super().predict_step(*args, **kwargs)
         self._guard_check()
-        if self._party is None or not _contains_shared(out):
+        if self._party is None or not contains_shared(out):
             return out
         return self.reveal(out, "predictions", "predict_step")
 
     # ---- collectives on public values ---------------------------------------------------------------------------
-    def _collective_device(self) -> torch.device:
-        return self.root_device if self._backend == "nccl" else torch.device("cpu")
-
-    def _refuse_shared(self, obj, op: str) -> None:
-        if self._party is not None and _contains_shared(obj):
-            raise RevealPolicyError(f"RSS3PC.{op} got a secret-shared tensor: collectives work on public values "
-                                    f"only. Open it first with self.log(...) or trainer.strategy.reveal(...)")
-
-    @contextmanager
-    def _collective(self, op: str):
-        """Name the operation and this party when a process-group collective fails (a peer died or hung)."""
-        try:
-            yield
-        except RuntimeError as e:
-            from .comm import PartyTimeoutError
-            if isinstance(e, PartyTimeoutError):
-                raise
-            rank = self._party.rank if self._party is not None else self.global_rank
-            raise PartyTimeoutError(f"party {rank}: {op} over the process group failed (a party died, hung or "
-                                    f"diverged; timeout {self.timeout:g}s): {e}") from e
-
     def reduce(self, tensor, group: Optional[Any] = None, reduce_op: Optional[Union[ReduceOp, str]] = "mean"):
-        """All-reduce a public tensor over the three parties (mean by default); anything else comes back as is."""
-        if not isinstance(tensor, Tensor):
-            return tensor
-        self._refuse_shared(tensor, "reduce")
-        if not (dist.is_available() and dist.is_initialized()):
-            return tensor
-        t = tensor.detach().to(self._collective_device()).clone()
-        with self._collective("reduce"):
-            out = _sync_ddp(t, group, reduce_op)
-        return out.to(tensor.device)
+        return self.collectives.reduce(tensor, group, reduce_op)
 
     def barrier(self, name: Optional[str] = None) -> None:
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        with self._collective(f"barrier {name or ''}".strip()):
-            if self._backend == "gloo":
-                dist.monitored_barrier(timeout=datetime.timedelta(seconds=self.timeout), wait_all_ranks=True)
-            else:
-                dist.barrier(device_ids=[self.root_device.index])
+        self.collectives.barrier(name)
 
     def broadcast(self, obj, src: int = 0):
-        if not (dist.is_available() and dist.is_initialized()):
-            return obj
-        self._refuse_shared(obj, "broadcast")
-        if self._party is None:
-            raise RuntimeError("RSS3PC.broadcast runs in the parties only")
-        # public values only, in the channel's typed format (Lightning's broadcast_object_list would unpickle a
-        # peer's bytes)
-        return self.channel.publish("broadcast", obj, src, label="broadcast")
+        return self.collectives.broadcast(obj, src)
 
     def all_gather(self, tensor: Tensor, group: Optional[Any] = None, sync_grads: bool = False) -> Tensor:
-        self._refuse_shared(tensor, "all_gather")
-        if not (dist.is_available() and dist.is_initialized()):
-            return tensor
-        with self._collective("all_gather"):
-            out = _all_gather_ddp_if_available(tensor.to(self._collective_device()), group=group,
-                                               sync_grads=sync_grads)
-        return out.to(tensor.device)
+        return self.collectives.all_gather(tensor, group, sync_grads)
 
     @contextmanager
     def block_backward_sync(self):
@@ -690,68 +577,17 @@ class RSS3PC(ParallelStrategy):
 
     # ---- results back to the launching process --------------------------------------------------------------------
     def party_output(self, trainer: "pl.Trainer", results) -> PartyOutput:
-        """What a spawned party hands back to the launching process: public state, and its own results."""
-        r = self._party.rank if self._party is not None else self.global_rank
-        to_cpu = lambda t: t.detach().cpu()  # noqa: E731
-        out = PartyOutput(rank=r, state=trainer.state, results=apply_to_collection(results, Tensor, to_cpu),
-                          callback_metrics=apply_to_collection(dict(trainer.callback_metrics), Tensor, to_cpu),
-                          openings=list(self.ledger.records),
-                          audit=list(self._party.audit.records) if self._party is not None else [],
-                          unaccounted=self.unaccounted_openings(), comm=self._comm_totals())
-        if trainer.state.fn == TrainerFn.FITTING:
-            out.fit_loop = trainer.fit_loop.state_dict()
-            out.checkpoint_callbacks = [
-                {k: getattr(cb, k) for k in ("best_model_path", "best_model_score", "last_model_path",
-                                             "best_k_models", "kth_best_model_path", "kth_value")
-                 if hasattr(cb, k)} for cb in trainer.checkpoint_callbacks]
-            if self._weights_revealed:
-                out.weights = {k: v.detach().cpu() for k, v in trainer.lightning_module.state_dict().items()}
-        return out
-
-    def _comm_totals(self) -> dict | None:
-        """This party's communication since its processes started (one stage): totals and bytes by top label."""
-        if self._party is None:
-            return None
-        stats = self._party.comm.stats
-        tot = stats.total()
-        return {"bytes": tot.bytes, "rounds": tot.rounds, "messages": tot.messages,
-                "bytes_by_label": {k: c.bytes for k, c in stats.grouped(1).items()}}
+        """What a spawned party hands back to the launching process (secure_lightning.results)."""
+        return results_.party_output(self, trainer, results)
 
     def communication_summary(self) -> dict:
         """In the launching process, after a stage: party 0's bytes sent, rounds and messages, its bytes by protocol
         label, and `bytes_all_parties` (sum over the three). Empty before any stage ran."""
-        comm = getattr(self, "_party_comm", None) or {}
-        if not comm.get(0):
-            return {}
-        return {**comm[0], "bytes_all_parties": sum(c["bytes"] for c in comm.values() if c)}
+        return results_.communication_summary(getattr(self, "_party_comm", None))
 
     def restore_outputs(self, trainer: "pl.Trainer", outs: list) -> Any:
-        """In the launching process: put the parties' PartyOutputs where Lightning keeps them; returns the results
-        of the Trainer call (predictions: those of their recipient)."""
-        main = outs[self.data_owner]
-        trainer.state = main.state
-        trainer.callback_metrics.update(main.callback_metrics)
-        self._openings = main.openings
-        self._party_audits = {o.rank: o.audit for o in outs}
-        self._party_unaccounted = main.unaccounted
-        self._party_comm = {o.rank: o.comm for o in outs}
-        if trainer.state.fn == TrainerFn.FITTING:
-            owner = self.policy.recipient("weights")
-            src = outs[owner] if isinstance(owner, int) else outs[self.model_owner]
-            if src.weights is not None:
-                trainer.lightning_module.load_state_dict(src.weights, strict=True)
-            try:
-                trainer.fit_loop.load_state_dict(main.fit_loop)
-                trainer.fit_loop.restarting = False
-            except Exception as e:  # pragma: no cover - best effort
-                log.debug(f"RSS3PC: could not restore the fit loop counters: {e}")
-            for cb, attrs in zip(trainer.checkpoint_callbacks, main.checkpoint_callbacks):
-                for k, v in attrs.items():
-                    setattr(cb, k, v)
-        if trainer.state.fn == TrainerFn.PREDICTING:
-            to = self.policy.recipient("predictions")
-            return outs[to].results if isinstance(to, int) else main.results
-        return main.results
+        """In the launching process: put the parties' PartyOutputs where Lightning keeps them (results.py)."""
+        return results_.restore_outputs(self, trainer, outs)
 
     def bind_spawned_process(self, rank: int, addr: str, port: int) -> None:
         """Inside a party process the launcher started: this process is party `rank`, rendezvous at addr:port."""
