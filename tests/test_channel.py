@@ -3,7 +3,6 @@
 A deviating party 0 sends crafted bytes; parties 1 and 2 must reject them with ProtocolMessageError and run none of
 their code (the crafted pickle would create a file when unpickled).
 """
-import os
 import pathlib
 import pickle
 

@@ -58,9 +58,7 @@ def _q(x):
 def _mul_flags(party, x, y):
     """Per chunk: the product (opened, test only), the per-element guard flags (all elements watched; opened, test
     only), and whether `check` with the default 64 samples raised on a second product of the same chunk."""
-    from secure_lightning.protocols import arithmetic as A
     from secure_lightning.protocols import guard
-    from secure_lightning.protocols.sharing import reveal, reveal_float, share
     try:
         return _mul_flags_chunks(party, x, y)
     finally:

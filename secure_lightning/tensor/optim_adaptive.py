@@ -173,12 +173,13 @@ def opened_state(optimizer: torch.optim.Optimizer, param) -> dict:
     fm, fv = A.state_scales(f)
     t = int(state["step"])
     out = {"step": state["step"]}
+    group = next(g for g in optimizer.param_groups if any(q is param for q in g["params"]))
     if isinstance(optimizer, torch.optim.Adam):
-        b1, b2 = optimizer.param_groups[0]["betas"]
+        b1, b2 = group["betas"]
         out["exp_avg"] = reveal_tensor(state["exp_avg"]).double() * 2.0 ** (f - fm) * (1 - b1 ** t)
         out["exp_avg_sq"] = reveal_tensor(state["exp_avg_sq"]).double() * 2.0 ** (f - fv) * (1 - b2 ** t)
     elif isinstance(optimizer, torch.optim.RMSprop):
-        alpha = optimizer.param_groups[0]["alpha"]
+        alpha = group["alpha"]
         out["square_avg"] = reveal_tensor(state["square_avg"]).double() * 2.0 ** (f - fv) * (1 - alpha ** t)
         if "momentum_buffer" in state:
             out["momentum_buffer"] = reveal_tensor(state["momentum_buffer"]).double()
