@@ -20,6 +20,7 @@ from .protocols.sharing import Shares
 from .tensor import SharedTensor
 
 _BLOB = "__rss3pc_shares__"
+FORMAT = 2  # 2: Adam/AdamW/RMSprop moments bias-corrected at their own scales (protocols/adaptive.py)
 
 
 def party_path(path, rank: int) -> str:
@@ -72,7 +73,7 @@ class ShareCheckpointIO(CheckpointIO):
         if storage_options is not None:
             raise TypeError("ShareCheckpointIO.save_checkpoint does not take storage_options")
         r = self._need_rank()
-        meta = {"party": r, "frac_bits": self.frac_bits, "format": 1,
+        meta = {"party": r, "frac_bits": self.frac_bits, "format": FORMAT,
                 "share_files": [os.path.basename(party_path(path, p)) for p in range(3)]}
         full = dict(checkpoint)
         full["secure_lightning"] = meta
@@ -104,6 +105,11 @@ class ShareCheckpointIO(CheckpointIO):
         if meta.get("frac_bits") != self.frac_bits:
             raise ValueError(f"party {r}: {path} uses {meta.get('frac_bits')} fractional bits, this run "
                              f"{self.frac_bits}")
+        if meta.get("format", 1) < 2 and _has_adaptive_state(ckpt.get("optimizer_states", ())):
+            raise ValueError(f"party {r}: {path} was written before format 2 and holds Adam/AdamW/RMSprop state as "
+                             "torch's raw moments at 2^f; this version keeps them bias-corrected at other scales "
+                             "(tensor/optim_adaptive.py), so resuming would misread them. Resume the weights only "
+                             "(load the state_dict) and let the optimizer start afresh")
         return ckpt
 
     def remove_checkpoint(self, path) -> None:
@@ -113,6 +119,12 @@ class ShareCheckpointIO(CheckpointIO):
                 os.remove(p)
             except FileNotFoundError:
                 pass
+
+
+def _has_adaptive_state(optimizer_states) -> bool:
+    return any(isinstance(st, dict) and any(isinstance(v, dict) and ("exp_avg_sq" in v or "square_avg" in v)
+                                            for v in (st.get("state") or {}).values())
+               for st in optimizer_states)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -685,3 +685,19 @@ def test_three_hosts_with_node_rank(tmp_path):
     assert_close_state(torch.load(tmp_path / "w0.pt"), want, atol=2e-3)  # the model owner gets the trained weights
     for r in (1, 2):  # the other hosts keep their own initial values: nothing secret lands there
         assert_close_state(torch.load(tmp_path / f"w{r}.pt"), dict(init.state_dict()), atol=0)
+
+
+def test_format_1_checkpoint_with_adam_state_is_refused(tmp_path):
+    """Checkpoints before format 2 held Adam's raw moments at 2^f; reading them as this version's bias-corrected
+    moments would be silently wrong, so they are refused with an explanation (SGD state still loads)."""
+    from secure_lightning.checkpoint_io import ShareCheckpointIO, party_path
+    io = ShareCheckpointIO()
+    io.bind(0, 20)
+    meta = {"party": 0, "frac_bits": 20, "format": 1}
+    adam = {"optimizer_states": [{"state": {0: {"step": 3, "exp_avg": 0, "exp_avg_sq": 0}}}], "secure_lightning": meta}
+    sgd = {"optimizer_states": [{"state": {0: {"momentum_buffer": 0}}}], "secure_lightning": meta}
+    torch.save(adam, party_path(tmp_path / "a.ckpt", 0))
+    torch.save(sgd, party_path(tmp_path / "s.ckpt", 0))
+    with pytest.raises(ValueError, match="before format 2"):
+        io.load_checkpoint(tmp_path / "a.ckpt")
+    assert io.load_checkpoint(tmp_path / "s.ckpt")["secure_lightning"]["format"] == 1
