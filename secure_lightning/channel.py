@@ -229,6 +229,18 @@ class PublicChannel:
                 return value
             return self._receive(kind, src)
 
+    def agree(self, ok: bool, what: str) -> None:
+        """Every party learns whether all three succeeded at `what`; all raise together if one did not.
+        Cost: 1 round; each party sends one int64 to each peer (16 bytes)."""
+        party = self.party
+        t = torch.tensor([int(bool(ok))], dtype=torch.int64)
+        with party.label("channel/agree"):
+            got = party.comm.round({party.next: t, party.prev: t},
+                                   {party.next: ((1,), torch.int64), party.prev: ((1,), torch.int64)})
+        bad = [p for p, v in got.items() if int(v[0]) == 0]
+        if bad and ok:
+            raise RuntimeError(f"RSS3PC: {what} failed in party {', '.join(map(str, sorted(bad)))} (see its error)")
+
     def send_raw(self, header: bytes, blob: bytes = b"") -> None:
         """Send preformed bytes from this party to both others (the wire format's two rounds). Tests use it to
         play a peer that deviates from the protocol."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from lightning_fabric.plugins import CheckpointIO
@@ -110,6 +110,19 @@ class ShareCheckpointIO(CheckpointIO):
                              "torch's raw moments at 2^f; this version keeps them bias-corrected at other scales "
                              "(tensor/optim_adaptive.py), so resuming would misread them. Resume the weights only "
                              "(load the state_dict) and let the optimizer start afresh")
+        return ckpt
+
+    def load_agreed(self, path, agree: Callable[[bool, str], None]) -> dict:
+        """Collective load: every party reads its share file, then all learn whether all three succeeded (`agree`,
+        PublicChannel.agree: 1 round) so that a missing or refused file stops every party, not one."""
+        ckpt, err = None, None
+        try:
+            ckpt = self.load_checkpoint(path)
+        except Exception as e:
+            err = e
+        agree(err is None, f"loading checkpoint {path}")
+        if err is not None:
+            raise err
         return ckpt
 
     def remove_checkpoint(self, path) -> None:

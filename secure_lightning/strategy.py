@@ -10,7 +10,8 @@ back the weights, and nothing is opened unless `RSS3PC(reveal=...)` allows it. R
 machine or three hosts, and checkpoints: see the README (Concepts).
 
 Pieces (each its own module, as Lightning's DDPStrategy delegates to its launcher and plugins): process and device
-layout (layout.py), collectives on public values (collectives.py), the party-to-party channel for public messages
+layout (layout.py), the precision plugin (precision.py), the per-party hook patches and trainer checks (hooks.py),
+collectives on public values (collectives.py), the party-to-party channel for public messages
 (channel.py), the start-up handshake (handshake.py), the opening ledger that enforces the policy and makes every
 opening, with the log and metric wrappers (ledger.py), data feeding (data.py), the share checkpoint files
 (checkpoint_io.py, a CheckpointIO), the launcher with its typed PartyOutput (launcher.py) and the results handed back
@@ -40,7 +41,6 @@ from pytorch_lightning.plugins.precision import Precision
 from pytorch_lightning.strategies import ParallelStrategy, StrategyRegistry
 from pytorch_lightning.trainer.states import TrainerFn, TrainerStatus
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
-from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
 from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
 from . import nn as secure_nn
@@ -50,50 +50,19 @@ from .checkpoint_io import ShareCheckpointIO, checkpoint_base, from_blobs, party
 from .data import DataFeed, NoData, PendingBatch, install_peer_sources, owner_plan
 from .encoding import FixedPoint
 from .handshake import handshake, session_fields
+from .hooks import HookPatches, check_trainer
 from .launcher import PartyLauncher, PartyOutput
 from .layout import PartyLayout
+from .precision import SharePrecision, share_precision
 from .ledger import OpeningLedger, OwnerHeld  # noqa: F401 (OwnerHeld: public here too)
 from .protocols import guard
 from . import results as results_
 from .reveal import RevealPolicy, RevealPolicyError, report  # noqa: F401 (RevealPolicyError: public here too)
 from .runtime import DEFAULT_TIMEOUT, init_party
-from .tensor import SharedTensor
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RSS3PC", "SharePrecision", "NoData", "OwnerHeld", "PendingBatch", "party_path", "checkpoint_base"]
-
-_STEP_HOOKS = ("training_step", "validation_step", "test_step", "predict_step")
-
-
-def _is_shared(x) -> bool:
-    return isinstance(x, SharedTensor)
-
-
-class SharePrecision(Precision):
-    """precision="32-true" on secret shares (fixed point over Z_2^64): clipping by value uses two secure ReLUs per
-    element; clipping by norm is refused."""
-
-    def clip_grad_by_value(self, optimizer, clip_val: Union[int, float]) -> None:
-        """g <- clamp(g, -c, c) = g + relu(-c - g) - relu(g - c). Cost: two ReLU protocols per gradient element."""
-        import torch.nn.functional as F
-        c = float(clip_val)
-        with torch.no_grad():
-            for p in self.main_params(optimizer):
-                g = p.grad
-                if g is None:
-                    continue
-                if _is_shared(g):
-                    p.grad = g + F.relu(-c - g) - F.relu(g - c)
-                else:
-                    g.clamp_(-c, c)
-
-    def clip_grad_by_norm(self, optimizer, clip_val: Union[int, float]) -> None:
-        raise NotImplementedError(
-            "RSS3PC: gradient clipping by norm is not supported on secret-shared gradients (it needs a secure square "
-            "root and division of the global norm). Use Trainer(gradient_clip_algorithm='value', "
-            "gradient_clip_val=...) instead.")
-
 
 class RSS3PC(ParallelStrategy):
     """Private training with three-party replicated secret sharing (see the module docstring).
@@ -157,7 +126,7 @@ class RSS3PC(ParallelStrategy):
         self._feed: Optional[DataFeed] = None
         self._secured = False
         self._plain_backup: Optional[dict] = None
-        self._wrapped: list = []         # (object, attribute) pairs we patched, undone in teardown
+        self.patches = HookPatches()     # Lightning hooks replaced inside a party, undone in teardown
         self._data_plan: Optional[dict] = None  # set by the launcher: which dataloader sources the data owner has
         self.ledger = OpeningLedger(self.policy)  # enforces the policy on every opening of this party
         self._openings: list = []        # in the launching process: the data owner's OpeningRecords
@@ -220,34 +189,11 @@ class RSS3PC(ParallelStrategy):
         self._launcher = PartyLauncher(self, spawn=self.layout.spawn)
 
     def _check_precision(self) -> None:
-        plugin = self._precision_plugin
-        if plugin is None or type(plugin) is Precision:
-            self._precision_plugin = SharePrecision()
-        elif not isinstance(plugin, SharePrecision):
-            name = getattr(plugin, "precision", type(plugin).__name__)
-            raise ValueError(f"RSS3PC supports precision='32-true' only (secret shares are fixed point over "
-                             f"Z_2^64, with {self.encoding.frac_bits} fractional bits); got precision={name!r}")
+        self._precision_plugin = share_precision(self._precision_plugin, self.encoding.frac_bits)
 
     def check_trainer(self, trainer: "pl.Trainer") -> None:
-        """Refuse, before any process starts, what the strategy cannot do."""
-        clip = trainer.gradient_clip_val
-        algo = trainer.gradient_clip_algorithm
-        if clip is not None and float(clip) > 0 and (algo is None or str(getattr(algo, "value", algo)) == "norm"):
-            raise NotImplementedError(
-                "RSS3PC: gradient clipping by norm is not supported on secret-shared gradients (Lightning's default "
-                "algorithm when gradient_clip_val is set). Use Trainer(gradient_clip_algorithm='value', "
-                f"gradient_clip_val={clip}) to clip by value.")
-        lm = trainer.lightning_module
-        if lm is not None:
-            for hook in _STEP_HOOKS:
-                fn = getattr(lm, hook, None)
-                if fn is not None and is_param_in_hook_signature(fn, "dataloader_iter", explicit=True):
-                    raise NotImplementedError(
-                        f"RSS3PC: `{hook}(self, dataloader_iter)` is not supported: only the data owner reads the "
-                        "data, and batches are secret-shared in batch_to_device, which Lightning skips for "
-                        f"dataloader_iter steps. Use `{hook}(self, batch, batch_idx)`.")
-        if getattr(trainer, "_accelerator_connector", None) is not None and trainer._accelerator_connector._layer_sync:
-            raise NotImplementedError("RSS3PC: sync_batchnorm is not supported")
+        """Refuse, before any process starts, what the strategy cannot do (secure_lightning.hooks.check_trainer)."""
+        check_trainer(trainer)
 
     # ---- environment ----------------------------------------------------------------------------------------------
     def setup_environment(self) -> None:
@@ -298,41 +244,7 @@ class RSS3PC(ParallelStrategy):
         if rank != self.data_owner and plan is not None:
             # this party has no data (the launcher left it out): its loops get placeholders, no hook is called
             install_peer_sources(model.trainer, plan)
-        self._patch(model.trainer._data_connector, "prepare_data", self._make_prepare_data(rank == self.data_owner))
-        self._patch(model, "log", self.ledger.wrap_log(model.log))
-        self._patch(model, "log_dict", self.ledger.wrap_log_dict(model.log_dict))
-        self._patch(model, "_on_before_batch_transfer", self._make_before_transfer(model._on_before_batch_transfer))
-
-    def _make_prepare_data(self, owner: bool) -> Callable:
-        """Lightning's DataConnector.prepare_data for a party: the data owner calls the DataModule's and the
-        LightningModule's prepare_data hooks, the others nothing. Lightning's version wraps each hook in a barrier
-        over all processes, which only the data owner (the only one with a DataModule) would enter."""
-        def prepare_data() -> None:
-            if not owner:
-                return
-            from pytorch_lightning.trainer import call
-            from pytorch_lightning.utilities.model_helpers import is_overridden
-            trainer = self.lightning_module.trainer
-            if trainer.datamodule is not None and is_overridden("prepare_data", trainer.datamodule):
-                call._call_lightning_datamodule_hook(trainer, "prepare_data")
-            if is_overridden("prepare_data", self.lightning_module):
-                call._call_lightning_module_hook(trainer, "prepare_data")
-        return prepare_data
-
-    def _patch(self, obj, name: str, value) -> None:
-        self._wrapped.append((obj, name, name in vars(obj), vars(obj).get(name)))
-        setattr(obj, name, value)
-
-    def _unpatch(self) -> None:
-        for obj, name, had, old in reversed(self._wrapped):
-            if had:
-                setattr(obj, name, old)
-            else:
-                try:
-                    delattr(obj, name)
-                except AttributeError:
-                    pass
-        self._wrapped = []
+        self.patches.install(model, self.ledger, owner=rank == self.data_owner)
 
     # ---- model: share at setup, restore at teardown ----------------------------------------------------------
     def model_to_device(self) -> None:
@@ -349,7 +261,7 @@ class RSS3PC(ParallelStrategy):
             loop.inference_mode = False  # SharedTensor autograd-free ops run under no_grad
         self.model_to_device()
         self._secure_model()
-        self.ledger.wrap_metrics(self.lightning_module, self._patch)
+        self.ledger.wrap_metrics(self.lightning_module, self.patches.patch)
         if trainer.state.fn == TrainerFn.FITTING:
             self.setup_optimizers(trainer)
         self.setup_precision_plugin()
@@ -379,7 +291,7 @@ class RSS3PC(ParallelStrategy):
             self._secured = False
             self._reset_optimizers_and_schedulers()
         if self._party is not None:
-            self._unpatch()
+            self.patches.undo()
             self.ledger.detach()
         super().teardown()
 
@@ -451,17 +363,6 @@ class RSS3PC(ParallelStrategy):
             self._channel = PublicChannel(self._party)
         return self._channel
 
-    def _agree(self, ok: bool, what: str) -> None:
-        """Every party learns whether all three succeeded; all raise together if one did not. Cost: 1 round."""
-        party = self._party
-        t = torch.tensor([int(bool(ok))], dtype=torch.int64)
-        with party.label("strategy/agree"):
-            got = party.comm.round({party.next: t, party.prev: t},
-                                   {party.next: ((1,), torch.int64), party.prev: ((1,), torch.int64)})
-        bad = [p for p, v in got.items() if int(v[0]) == 0]
-        if bad and ok:
-            raise RuntimeError(f"RSS3PC: {what} failed in party {', '.join(map(str, sorted(bad)))} (see its error)")
-
     # ---- data: the data owner's batches reach all three as shares (secure_lightning.data.DataFeed) -------------------
     @property
     def feed(self) -> DataFeed:
@@ -473,13 +374,6 @@ class RSS3PC(ParallelStrategy):
         if self._party is None:
             return dataloader
         return self.feed.loader(dataloader)
-
-    def _make_before_transfer(self, orig: Callable) -> Callable:
-        def before(batch, dataloader_idx: int = 0):
-            if isinstance(batch, PendingBatch):
-                return batch  # the user's hooks run on the data owner's plaintext only
-            return orig(batch, dataloader_idx)
-        return before
 
     def batch_to_device(self, batch: Any, device: Optional[torch.device] = None, dataloader_idx: int = 0) -> Any:
         """Secret-share the data owner's batch (DataFeed.share_batch), after the LightningModule's (and
@@ -555,16 +449,7 @@ class RSS3PC(ParallelStrategy):
     def load_checkpoint(self, checkpoint_path, weights_only: Optional[bool] = None) -> dict:
         if self._party is None:
             return super().load_checkpoint(checkpoint_path, weights_only)
-        checkpoint_path = checkpoint_base(checkpoint_path)
-        ckpt, err = None, None
-        try:
-            ckpt = self.checkpoint_io.load_checkpoint(checkpoint_path)
-        except Exception as e:
-            err = e
-        self._agree(err is None, f"loading checkpoint {checkpoint_path}")
-        if err is not None:
-            raise err
-        return ckpt
+        return self.checkpoint_io.load_agreed(checkpoint_base(checkpoint_path), self.channel.agree)
 
     def load_model_state_dict(self, checkpoint: Mapping[str, Any], strict: bool = True) -> None:
         if not self._secured:
@@ -609,7 +494,7 @@ class RSS3PC(ParallelStrategy):
         state["_party"] = None
         state["_channel"] = None
         state["_feed"] = None
-        state["_wrapped"] = []
+        state["patches"] = HookPatches()
         return state
 
 
