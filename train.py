@@ -6,6 +6,14 @@
     python train.py mode=test ckpt_path=path/to.ckpt  # evaluate a checkpoint
     python train.py -m strategy=plain model.optimizer.lr=0.05,0.1,0.2   # sweep; one folder per run
 
+Three hosts (one party each; `trainer.num_nodes=3`, and on every host MASTER_ADDR/MASTER_PORT = party 0's address and a
+free port, NODE_RANK = 0, 1 or 2): the same command on each host. Only the data owner's host (strategy.data_owner)
+builds the data module and needs the data set; the others never instantiate it (they may lack the data set or name
+another `data=` entirely) and join with a `NoData` placeholder:
+
+    NODE_RANK=0 MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 python train.py trainer.num_nodes=3   # data owner
+    NODE_RANK=1 MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 python train.py trainer.num_nodes=3   # no data here
+
 Each run writes metrics.json (final metrics, run times and, when the strategy reports it, communication) to its
 Hydra output folder. The module is re-entrant: Lightning launchers may import or re-run it in every party process;
 only global rank 0 writes files.
@@ -42,6 +50,20 @@ def build_all(cfg: Optional[DictConfig]) -> list:
     if not cfg:
         return []
     return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
+
+
+def host_party(cfg: DictConfig) -> Optional[int]:
+    """This host's party on three hosts (trainer.num_nodes=3 and NODE_RANK set), else None (one machine)."""
+    if int(cfg.trainer.get("num_nodes", 1) or 1) != 3 or "NODE_RANK" not in os.environ:
+        return None
+    return int(os.environ["NODE_RANK"])
+
+
+def holds_data(cfg: DictConfig) -> bool:
+    """Whether this process builds the data module: always on one machine; on three hosts only the data owner."""
+    party = host_party(cfg)
+    strategy = cfg.get("strategy") or {}
+    return party is None or "_target_" not in strategy or party == int(strategy.get("data_owner", 0))
 
 
 def _number(v: Any):
@@ -119,12 +141,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # deliberate on small machines (0 workers), and the secure strategy feeds batches from party 0 anyway
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = hydra.utils.instantiate(cfg.data) if holds_data(cfg) else None
     model = hydra.utils.instantiate(cfg.model)
     strategy = build_strategy(cfg.get("strategy"))
     loggers = build_all(cfg.get("logger"))
     trainer = hydra.utils.instantiate(cfg.trainer, strategy=strategy, callbacks=build_all(cfg.get("callbacks")),
                                       logger=loggers or False)
+    if datamodule is None:  # three hosts, not the data owner: the data owner's host feeds every batch
+        from secure_lightning import NoData
+        data_args = {"fit": {"train_dataloaders": NoData()}, "test": {"dataloaders": NoData()},
+                     "predict": {"dataloaders": NoData()}}
+    else:
+        data_args = {stage: {"datamodule": datamodule} for stage in MODES}
     if hasattr(datamodule, "check_data"):
         datamodule.check_data()  # a missing data set fails here, with instructions, before any process starts
 
@@ -132,7 +160,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     def run(stage: str, fn, ckpt_path):
         start = time.perf_counter()
-        out = fn(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        out = fn(model, ckpt_path=ckpt_path, **data_args[stage])
         metrics[f"time/{stage}_s"] = time.perf_counter() - start
         metrics.update(_stage_metrics(trainer))
         metrics.update(communication(trainer, stage))

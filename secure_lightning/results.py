@@ -52,11 +52,15 @@ def comm_totals(party) -> Optional[dict]:
 
 def communication_summary(comm: Optional[dict]) -> dict:
     """Party 0's bytes sent, rounds and messages, its bytes by protocol label, and `bytes_all_parties` (sum over the
-    three), from {rank: comm_totals}. Empty before any stage ran."""
+    three, only when all three are known), from {rank: comm_totals}. Empty before any stage ran and on the hosts of
+    parties 1 and 2 when each party runs on its own host."""
     comm = comm or {}
     if not comm.get(0):
         return {}
-    return {**comm[0], "bytes_all_parties": sum(c["bytes"] for c in comm.values() if c)}
+    out = dict(comm[0])
+    if all(comm.get(r) for r in range(3)):
+        out["bytes_all_parties"] = sum(comm[r]["bytes"] for r in range(3))
+    return out
 
 
 def restore_outputs(strategy, trainer: "pl.Trainer", outs: list) -> Any:

@@ -467,8 +467,12 @@ class RSS3PC(ParallelStrategy):
 
     def communication_summary(self) -> dict:
         """In the launching process, after a stage: party 0's bytes sent, rounds and messages, its bytes by protocol
-        label, and `bytes_all_parties` (sum over the three). Empty before any stage ran."""
-        return results_.communication_summary(getattr(self, "_party_comm", None))
+        label, and `bytes_all_parties` (sum over the three). Empty before any stage ran. One party per host: the host of
+        party 0 reports party 0's figures (without bytes_all_parties), the others nothing."""
+        comm = getattr(self, "_party_comm", None)
+        if not comm and self._party is not None:  # one party per host: this host's party only
+            comm = {self._party.rank: results_.comm_totals(self._party)}
+        return results_.communication_summary(comm)
 
     def restore_outputs(self, trainer: "pl.Trainer", outs: list) -> Any:
         """In the launching process: put the parties' PartyOutputs where Lightning keeps them (results.py)."""

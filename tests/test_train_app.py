@@ -131,3 +131,54 @@ def test_default_private_run(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["test/acc"] >= 0.90
     assert metrics["comm/fit/bytes"] > 0 and "communication (fit" in r.stdout
+
+
+def write_mnist_files(raw: Path, train: int, test: int) -> None:
+    """Small random MNIST files in the IDX format torchvision reads (MNIST/raw/*-idx?-ubyte)."""
+    import struct
+    raw.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", train), ("t10k", test)):
+        images = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+        labels = torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, n, 28, 28)
+                                                          + images.numpy().tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.numpy().tobytes())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+def test_three_hosts_in_namespaces_with_the_data_only_on_the_owner(tmp_path):
+    """`python train.py trainer.num_nodes=3` on three 'hosts' (network namespaces on a shaped bridge). Only party 0's
+    host has a data set: the others are started with `data=mnist` pointing at an empty folder, which fails the moment
+    anything instantiates or checks it. All three fit and test; party 0 writes metrics.json."""
+    from benchmarks import netns
+    from secure_lightning.runtime import free_port
+    if not netns.availability()[0]:
+        pytest.skip(netns.availability()[1])
+    owner_data, empty = tmp_path / "data", tmp_path / "no_data"
+    write_mnist_files(owner_data / "MNIST" / "raw", train=96, test=32)
+    empty.mkdir()
+    common = ["trainer.num_nodes=3", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+              "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "logger=none", "callbacks=none",
+              "data=mnist", "data.val_size=16", "data.batch_size=16", *QUIET]
+    per_host = {0: [f"paths.data_dir={owner_data}"], 1: [f"paths.data_dir={empty}"], 2: [f"paths.data_dir={empty}"]}
+    with netns.PartyNetwork("lan") as net:
+        port = str(free_port())
+        procs = []
+        for r in range(3):
+            env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+            env.update({k: v for k, v in net.env(r).items() if k not in ("RANK", "WORLD_SIZE")})
+            env.update(NODE_RANK=str(r), MASTER_PORT=port, OMP_NUM_THREADS="1", HYDRA_FULL_ERROR="1")
+            cmd = net.exec_prefix(r) + [sys.executable, "train.py", *common, *per_host[r],
+                                        f"hydra.run.dir={tmp_path / f'host{r}'}"]
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          text=True))
+        outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n\n".join(o[-3000:] for o in outs)
+    metrics = json.loads((tmp_path / "host0" / "metrics.json").read_text())
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["comm/fit/bytes"] > 0
+    for r in (1, 2):
+        assert not (tmp_path / f"host{r}" / "metrics.json").exists()
+        assert "DatasetNotFound" not in outs[r] and "MNIST" not in outs[r]
+    assert not any(empty.iterdir())

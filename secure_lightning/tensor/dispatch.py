@@ -25,7 +25,7 @@ import torch
 import torch.utils._pytree as pytree
 
 from ..protocols.sharing import Shares, public_shares
-from .shared import SharedTensor, install_routers, note_write
+from .shared import OPEN_HINT, SharedTensor, install_routers, note_write
 
 aten = torch.ops.aten
 
@@ -117,8 +117,8 @@ def unsupported_message(func) -> str:
     advice = _ADVICE.get(packet)
     if advice is None:
         advice = ("it is not one of the operations computed on secret shares (list: "
-                  "secure_lightning.tensor.supported_ops()); if the value may be opened, call "
-                  "secure_lightning.tensor.reveal_tensor(t) first and continue in plaintext")
+                  "secure_lightning.tensor.supported_ops()); if the value may be opened, " + OPEN_HINT +
+                  ", and continue in plaintext")
     return f"SharedTensor does not support {func}: {advice}"
 
 

@@ -24,7 +24,7 @@ from .dispatch import (
     UnsupportedOpError, assign_inplace, encode, is_integral, make_public, party_of, public_value, result_dtype,
     shares_of, wrap,
 )
-from .shared import SharedTensor
+from .shared import OPEN_HINT, SharedTensor
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -61,7 +61,7 @@ def clone(x: SharedTensor) -> SharedTensor:
 def copy_(self, src, non_blocking=False):
     """self.copy_(src) on shares (aten.copy_): a shared src is copied, a public one becomes a public sharing."""
     if not isinstance(self, SharedTensor):
-        raise UnsupportedOpError("copying a secret into a plain tensor: use reveal_tensor(t)")
+        raise UnsupportedOpError("copying a secret into a plain tensor: " + OPEN_HINT)
     if isinstance(src, SharedTensor):
         return assign_inplace(self, src)
     return assign_inplace(self, make_public(public_value(src).expand(self.shape), self.party, self.dtype))

@@ -22,7 +22,7 @@ from .functional import (
     add, bits_to_fixed, clamp_min, exp, log, mul, relu_values, rsqrt, sigmoid, softmax_from_log_softmax, sqrt,
     square, sub, sum_, tanh,
 )
-from .shared import SharedTensor
+from .shared import OPEN_HINT, SharedTensor
 
 
 implements(aten.exp.default)(exp)
@@ -294,4 +294,4 @@ def one_hot(self, num_classes=-1):
 
 advise([aten.linalg_vector_norm, aten.norm, aten._foreach_norm, aten.frobenius_norm],
        "norms (e.g. gradient clipping with clip_grad_norm_) need a secure sqrt of a sum of squares, which is not "
-       "wired into SharedTensor; disable gradient clipping, or compute x.pow(2).sum() and open it with reveal_tensor")
+       "wired into SharedTensor; disable gradient clipping, or compute x.pow(2).sum() and " + OPEN_HINT)

@@ -19,7 +19,7 @@ from .dispatch import UnsupportedOpError, advise, aten, assign_inplace, implemen
 from .functional import (
     add, addcdiv, addcmul, div, lerp, mean, mul, neg, pow_int, reciprocal, rsqrt, sqrt, square, sub, sum_,
 )
-from .shared import SharedTensor
+from .shared import OPEN_HINT, SharedTensor
 
 
 
@@ -171,5 +171,4 @@ advise([aten.floor, aten.ceil, aten.round, aten.trunc, aten.frac, aten.remainder
         aten.bitwise_or, aten.bitwise_xor],
        "rounding and bit operations on fixed-point shares are not implemented")
 advise([aten._local_scalar_dense, aten.is_nonzero, aten.equal, aten.allclose],
-       "a SharedTensor has no public value: open it with secure_lightning.tensor.reveal_tensor(t) "
-       "(every party must call it) and use the plain result")
+       "a SharedTensor has no public value: " + OPEN_HINT + ", and use the plain result")

@@ -130,7 +130,13 @@ class SharedTensor(torch.Tensor):
 
     def __reduce_ex__(self, proto):
         raise TypeError("a SharedTensor holds one party's shares and its live Party; it cannot be pickled. "
-                        "Save shares with secure_lightning.nn.share_state_dict or open the value with reveal_tensor")
+                        "Save shares with secure_lightning.nn.share_state_dict, or " + OPEN_HINT)
+
+
+OPEN_HINT = ("open it where the reveal policy allows: inside a LightningModule run by RSS3PC, "
+             "self.log(name, t) or self.trainer.strategy.reveal(t, what, name) (a direct reveal_tensor there is "
+             "refused unless the policy names it); outside the strategy, secure_lightning.tensor.reveal_tensor(t) "
+             "on every party")
 
 
 def state_token(t) -> tuple | None:
