@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from pytorch_lightning.trainer import call
+from pytorch_lightning.utilities.model_helpers import is_overridden
 from pytorch_lightning.utilities.signature_utils import is_param_in_hook_signature
 
 from .data import PendingBatch
@@ -50,9 +52,6 @@ def prepare_data_hook(model, owner: bool) -> Callable:
     """Lightning's DataConnector.prepare_data for a party: the data owner calls the DataModule's and the
     LightningModule's prepare_data hooks, the others nothing. Lightning's version wraps each hook in a barrier over
     all processes, which only the data owner (the only one with a DataModule) would enter."""
-    from pytorch_lightning.trainer import call
-    from pytorch_lightning.utilities.model_helpers import is_overridden
-
     def prepare_data() -> None:
         if not owner:
             return

@@ -89,11 +89,14 @@ def square_additive(x: Shares) -> torch.Tensor:
     return x.cur * (x.cur + 2 * x.prev)
 
 
-def _finish(z: torch.Tensor, fixed: bool, label: str, *, party) -> Shares:
+def _finish(z: torch.Tensor, fixed: bool, label: str, *, party, extra_bits: int = 0) -> Shares:
+    """Replicated shares of the product z (additive): truncated by f + extra_bits when fixed, else reshared.
+    extra_bits: fractional bits the operands carry beyond f (deferred scales, e.g. an average pool's 1/4)."""
     with party.label(label):
-        y = truncate_additive(z, party.encoding.frac_bits, party=party) if fixed else reshare(z, party=party)
+        y = truncate_additive(z, party.encoding.frac_bits + extra_bits, party=party) if fixed \
+            else reshare(z, party=party)
     if fixed:
-        _watch_product(y, label, party=party)
+        _watch_product(y, label, party=party, extra_bits=extra_bits)
     return y
 
 
@@ -118,23 +121,27 @@ def square(x: Shares, *, party, fixed: bool = True) -> Shares:
     return _finish(square_additive(x), fixed, "square", party=party)
 
 
-def matmul(x: Shares, y: Shares, *, party, fixed: bool = True, force_limbs: bool = False) -> Shares:
+def matmul(x: Shares, y: Shares, *, party, fixed: bool = True, force_limbs: bool = False,
+           extra_bits: int = 0) -> Shares:
     """x @ y with torch.matmul semantics (batched, broadcast). Two local int64 matmuls per party.
+    extra_bits: fractional bits of x and y beyond f together (truncated with the product's f: no extra cost).
 
     Cost: as mul, per element of the (m x n) output: fixed: 3 rounds, 2 m n ring elements per party.
     """
-    return _finish(product_additive(x, y, lambda a, b: gemm.matmul(a, b, force_limbs)), fixed, "matmul", party=party)
+    return _finish(product_additive(x, y, lambda a, b: gemm.matmul(a, b, force_limbs)), fixed, "matmul", party=party,
+                   extra_bits=extra_bits)
 
 
 def conv2d(x: Shares, w: Shares, stride=1, padding=0, dilation=1, groups: int = 1, *, party,
-           fixed: bool = True, force_limbs: bool = False) -> Shares:
+           fixed: bool = True, force_limbs: bool = False, extra_bits: int = 0) -> Shares:
     """F.conv2d(x, w) on shares (bias: add it after, it is linear). Padding may be an int, tuple, 'same' or 'valid'.
+    extra_bits: as matmul.
 
     Cost: as mul, per output element: fixed: 3 rounds, 2 ring elements per output element per party.
     """
     def op(a, b):
         return gemm.conv2d(a, b, stride, padding, dilation, groups, force_limbs)
-    return _finish(product_additive(x, w, op), fixed, "conv2d", party=party)
+    return _finish(product_additive(x, w, op), fixed, "conv2d", party=party, extra_bits=extra_bits)
 
 
 def mul_public_real(x: Shares, c, *, party) -> Shares:

@@ -30,6 +30,8 @@ Cost notation (bytes sent by ONE party; n elements; ceil packing of bit messages
 """
 from __future__ import annotations
 
+import math
+
 import builtins
 from dataclasses import dataclass
 
@@ -423,6 +425,30 @@ def avg_pool2d(x: Shares, kernel_size, stride=None, padding=0, ceil_mode=False, 
     with party.label("avg_pool2d"):
         s = _windows(x, geo, 0, party=party).map(lambda t: t.sum(-1))
         return _unbatch(_divide_public(s, div, party=party), geo)
+
+
+def _pow2_bits(div: torch.Tensor) -> int | None:
+    """e when every divisor equals 2^e (e >= 1), else None."""
+    d = float(div.reshape(-1)[0]) if div.numel() else 0.0
+    if d < 2 or not bool(torch.all(div == d)):
+        return None
+    e = int(round(math.log2(d)))
+    return e if 2 ** e == d else None
+
+
+def sum_pool2d(x: Shares, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None, *, party) -> tuple[Shares, int] | None:
+    """avg_pool2d as (window sums, e) when torch's divisor is 2^e for every window (2x2, 4x4 pools without
+    count_include_pad surprises): the average is sums / 2^e, and the caller defers that scale into the next
+    product's truncation. None for any other divisor (use avg_pool2d).
+    Cost: 0 (local). Range: the sums are the averages at 2^(f+e), so a product that consumes them is exact for
+    |output| < 2^(62-2f-e) (checked by the overflow guard like every product)."""
+    geo = pool_geometry(tuple(x.shape), kernel_size, stride, padding, 1, ceil_mode, op="avg_pool2d")
+    e = _pow2_bits(_avg_divisor(geo, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override))
+    if e is None:
+        return None
+    with party.label("avg_pool2d"):
+        return _unbatch(_windows(x, geo, 0, party=party).map(lambda t: t.sum(-1)), geo), e
 
 
 def avg_pool2d_backward(grad_out: Shares, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False,

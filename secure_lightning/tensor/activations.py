@@ -24,17 +24,19 @@ class ReLUFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         party = x.party
+        xs, e = x.raw_shares  # relu(x / 2^e) = relu(x) / 2^e: a deferred scale passes through
         with party.label("relu"):
-            y, bit = compare.relu(x.shares, party=party)
+            y, bit = compare.relu(xs, party=party)
         ctx.bit, ctx.party = bit, party
-        return wrap(y, party)
+        return wrap(y, party).defer_scale(e)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
         party = ctx.party
+        gs, e = g.raw_shares if isinstance(g, SharedTensor) else (shares_of(g, party), 0)
         with party.label("relu_backward"):
-            return wrap(compare.relu_backward(shares_of(g, party), ctx.bit, party=party), party)
+            return wrap(compare.relu_backward(gs, ctx.bit, party=party), party).defer_scale(e)
 
 
 def relu(x, inplace: bool = False):

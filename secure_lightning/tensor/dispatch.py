@@ -177,6 +177,15 @@ def shares_of(x, party) -> Shares:
     return public_shares(encode(public_value(x, device=party.device), party), party=party)
 
 
+def raw_of(x, party) -> tuple:
+    """(shares, e) of any operand: a SharedTensor's shares as stored with its deferred extra fractional bits e
+    (shared.PendingBits), or the public sharing of a public value with e = 0. For ops that fold e into their own
+    truncation (products) or that commute with the scale (ReLU, shape ops)."""
+    if isinstance(x, SharedTensor):
+        return x.raw_shares
+    return shares_of(x, party), 0
+
+
 def wrap(shares: Shares, party, dtype: torch.dtype = torch.float32) -> SharedTensor:
     return SharedTensor(shares, party, dtype=dtype)
 

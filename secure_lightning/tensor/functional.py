@@ -54,6 +54,18 @@ def apply_local(op, args, kwargs, *, dtype=None):
     return pytree.tree_unflatten(out, spec)
 
 
+def apply_local_scaled(op, x: SharedTensor, args, kwargs):
+    """apply_local for a linear op whose only SharedTensor argument x carries a deferred scale (PendingBits): the op
+    runs on the raw shares and every output keeps the scale (a view of x's base settles with it). Cost: 0."""
+    shares, bits = x.raw_shares
+    cur = _map_shared(op, args, kwargs, lambda a: shares.cur)
+    prev = _map_shared(op, args, kwargs, lambda a: shares.prev)
+    cur_leaves, spec = pytree.tree_flatten(cur)
+    out = [SharedTensor(Shares(c, p), x.party, dtype=x.dtype).defer_scale(bits, same_base_as=x)
+           if isinstance(c, torch.Tensor) else c for c, p in zip(cur_leaves, pytree.tree_leaves(prev))]
+    return pytree.tree_unflatten(out, spec)
+
+
 def clone(x: SharedTensor) -> SharedTensor:
     return SharedTensor(x.shares.map(torch.clone), x.party, x.dtype, public=x.public)
 

@@ -22,7 +22,7 @@ from ..protocols import arithmetic as A
 from ..protocols.sharing import Shares
 from .dispatch import (
     UnsupportedOpError, advise, aten, encode, implements, implements_function, is_integral, make_public, party_of,
-    public_value, shares_of, wrap,
+    public_value, raw_of, shares_of, wrap,
 )
 from .functional import add, apply_local, mul, sum_
 from .shared import SharedTensor
@@ -38,7 +38,8 @@ def matmul(a, b):
         return _matmul_public(a, pb, left=False)
     if pa is not None:
         return _matmul_public(b, pa, left=True)
-    return wrap(A.matmul(a.shares, b.shares, party=party), party)
+    (xa, ea), (xb, eb) = a.raw_shares, b.raw_shares  # deferred scales fold into the product's truncation
+    return wrap(A.matmul(xa, xb, party=party, extra_bits=ea + eb), party)
 
 
 def _matmul_public(x, c, left):
@@ -102,9 +103,9 @@ def convolution(input, weight, bias, stride, padding, dilation, transposed, outp
     party = party_of(input, weight, bias)
     one_d, stride, padding, dilation = _as_2d(input.shape, weight.shape, stride, padding, dilation)
     unbatched = input.dim() == weight.dim() - 1
-    x = _to4d(shares_of(input, party), one_d, unbatched)
-    w = _to4d(shares_of(weight, party), one_d, False)
-    y = A.conv2d(x, w, stride, padding, dilation, groups, party=party)
+    (xs, ex), (ws, ew) = raw_of(input, party), raw_of(weight, party)
+    x, w = _to4d(xs, one_d, unbatched), _to4d(ws, one_d, False)
+    y = A.conv2d(x, w, stride, padding, dilation, groups, party=party, extra_bits=ex + ew)
     out = wrap(_from4d(y, one_d, unbatched), party)
     if bias is not None:
         shape = [-1] + [1] * (out.dim() - 2 if not unbatched else out.dim() - 1)
@@ -113,7 +114,8 @@ def convolution(input, weight, bias, stride, padding, dilation, transposed, outp
     return out
 
 
-def conv2d_input_grad(g: Shares, w: Shares, in_hw, stride, padding, dilation, groups, *, party) -> Shares:
+def conv2d_input_grad(g: Shares, w: Shares, in_hw, stride, padding, dilation, groups, *, party,
+                      extra_bits: int = 0) -> Shares:
     """grad_input of y = conv2d(x, w): a forward conv of the zero-dilated gradient with the flipped, per-group
     transposed kernel. g: (N, Cout, Ho, Wo), w: (Cout, Cin/G, kh, kw) -> (N, Cin, H, W). Cost: as conv2d."""
     (H, W), (sh, sw), (ph, pw), (dh, dw) = in_hw, stride, padding, dilation
@@ -134,10 +136,11 @@ def conv2d_input_grad(g: Shares, w: Shares, in_hw, stride, padding, dilation, gr
     gd = g.map(lambda t: F.pad(dilate(t), (left, right, top, bottom)))
     wt = w.map(lambda t: t.reshape(G, cout // G, cig, kh, kw).transpose(1, 2)
                .reshape(G * cig, cout // G, kh, kw).flip(-1, -2))
-    return A.conv2d(gd, wt, 1, 0, (dh, dw), G, party=party)
+    return A.conv2d(gd, wt, 1, 0, (dh, dw), G, party=party, extra_bits=extra_bits)
 
 
-def conv2d_weight_grad(x: Shares, g: Shares, w_shape, stride, padding, dilation, groups, *, party) -> Shares:
+def conv2d_weight_grad(x: Shares, g: Shares, w_shape, stride, padding, dilation, groups, *, party,
+                       extra_bits: int = 0) -> Shares:
     """grad_weight of y = conv2d(x, w): conv2d(x^T, g^T) with stride and dilation exchanged. Cost: as conv2d on a
     (Cout, Cin/G, kh, kw) output: 3 rounds, 16 bytes per weight element."""
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
@@ -154,7 +157,7 @@ def conv2d_weight_grad(x: Shares, g: Shares, w_shape, stride, padding, dilation,
     def prep_g(t):
         return t.reshape(n, G, cout // G, ho, wo).permute(1, 2, 0, 3, 4).reshape(cout, n, ho, wo)
 
-    gw = A.conv2d(x.map(prep_x), g.map(prep_g), (dh, dw), 0, (sh, sw), G, party=party)
+    gw = A.conv2d(x.map(prep_x), g.map(prep_g), (dh, dw), 0, (sh, sw), G, party=party, extra_bits=extra_bits)
     return gw.map(lambda t: t.transpose(0, 1).contiguous())
 
 
@@ -165,22 +168,26 @@ def convolution_backward(grad_output, input, weight, bias_sizes, stride, padding
     party = party_of(grad_output, input, weight)
     one_d, stride, padding, dilation = _as_2d(input.shape, weight.shape, stride, padding, dilation)
     unbatched = input.dim() == weight.dim() - 1
-    g = _to4d(shares_of(grad_output, party), one_d, unbatched)
     gi = gw = gb = None
-    if output_mask[0]:
-        w = _to4d(shares_of(weight, party), one_d, False)
-        x_hw = (1, input.shape[-1]) if one_d else tuple(input.shape[-2:])
-        gi = wrap(_from4d(conv2d_input_grad(g, w, x_hw, stride, padding, dilation, groups, party=party),
-                          one_d, unbatched), party)
-    if output_mask[1]:
-        x = _to4d(shares_of(input, party), one_d, unbatched)
-        w_shape = (weight.shape[0], weight.shape[1], 1, weight.shape[2]) if one_d else tuple(weight.shape)
-        gw_s = conv2d_weight_grad(x, g, w_shape, stride, padding, dilation, groups, party=party)
-        gw = wrap(gw_s.map(lambda t: t.squeeze(-2)) if one_d else gw_s, party)
-    if output_mask[2]:
+    if output_mask[2]:  # first: a bias gradient settles a deferred scale of grad_output (it is a plain sum)
         dims = [0] + list(range(2, grad_output.dim())) if not unbatched else list(range(1, grad_output.dim()))
         gb = sum_(grad_output if isinstance(grad_output, SharedTensor)
                   else wrap(shares_of(grad_output, party), party), dims)
+    gs, eg = raw_of(grad_output, party)
+    g = _to4d(gs, one_d, unbatched)
+    if output_mask[0]:
+        ws, ew = raw_of(weight, party)
+        w = _to4d(ws, one_d, False)
+        x_hw = (1, input.shape[-1]) if one_d else tuple(input.shape[-2:])
+        gi = wrap(_from4d(conv2d_input_grad(g, w, x_hw, stride, padding, dilation, groups, party=party,
+                                            extra_bits=eg + ew), one_d, unbatched), party)
+    if output_mask[1]:
+        xs, ex = raw_of(input, party)
+        x = _to4d(xs, one_d, unbatched)
+        w_shape = (weight.shape[0], weight.shape[1], 1, weight.shape[2]) if one_d else tuple(weight.shape)
+        gw_s = conv2d_weight_grad(x, g, w_shape, stride, padding, dilation, groups, party=party,
+                                  extra_bits=ex + eg)
+        gw = wrap(gw_s.map(lambda t: t.squeeze(-2)) if one_d else gw_s, party)
     return gi, gw, gb
 
 

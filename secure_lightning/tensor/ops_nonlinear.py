@@ -200,16 +200,23 @@ def argmax(input, dim=None, keepdim=False):
 @implements(aten.avg_pool2d.default)
 def avg_pool2d(self, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
+    """A power-of-two window (2x2, 4x4): window sums with the 1/2^e deferred (free; the next product folds it into
+    its truncation, see shared.PendingBits). Any other divisor: one truncation (compare.avg_pool2d)."""
     party = self.party
+    x, e = self.raw_shares
+    args = (kernel_size, stride or None, padding, ceil_mode, count_include_pad, divisor_override)
+    summed = compare.sum_pool2d(x, *args, party=party)
+    if summed is not None:
+        return wrap(summed[0], party).defer_scale(e + summed[1])
     with party.label("avg_pool2d"):
-        y = compare.avg_pool2d(self.shares, kernel_size, stride or None, padding, ceil_mode, count_include_pad,
-                                  divisor_override, party=party)
-    return wrap(y, party)
+        return wrap(compare.avg_pool2d(self.shares, *args, party=party), party)
 
 
 @implements(aten.avg_pool2d_backward.default)
 def avg_pool2d_backward(grad_output, self, kernel_size, stride, padding, ceil_mode, count_include_pad,
                         divisor_override):
+    """One truncation at the pooled size (deferring it would spread 2^e-scaled gradients over the 4x larger input,
+    where the next bias gradient settles them at 4x the cost)."""
     party = party_of(grad_output, self)
     with party.label("avg_pool2d_backward"):
         g = compare.avg_pool2d_backward(shares_of(grad_output, party), tuple(self.shape), kernel_size,

@@ -11,7 +11,7 @@ import torch.utils._pytree as pytree
 from .dispatch import (
     UnsupportedOpError, aten, as_shared, assign_inplace, implements, implements_generic, party_of, public_value,
 )
-from .functional import add, apply_local, copy_, mul, where_shared
+from .functional import add, apply_local, apply_local_scaled, copy_, mul, where_shared
 from .shared import SharedTensor
 
 
@@ -43,6 +43,8 @@ def local_view(op, *args, **kwargs):
         op = aten.reshape.default  # inner shares may be non-contiguous (the outer tensor always looks contiguous)
     if op is aten.cumsum.default and kwargs.get("dtype", None) is not None:
         kwargs = {k: v for k, v in kwargs.items() if k != "dtype"}
+    if isinstance(args[0], SharedTensor) and args[0].raw_shares[1]:
+        return apply_local_scaled(op, args[0], args, kwargs)  # linear: a deferred scale passes through
     return apply_local(op, args, kwargs)
 
 

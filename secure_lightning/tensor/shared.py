@@ -7,6 +7,10 @@ storage. It holds
 
   shares  protocols.sharing.Shares(cur, prev) of int64 ring elements: this party's two replicated shares
   party   the Party that owns those shares (rank, communicator, PRG streams, encoding)
+  pending None, or a PendingBits: the shares carry e extra fractional bits not yet truncated away (an average
+          pool's power-of-two divisor, deferred). Reading `shares` settles them first (one truncation); the
+          products (matmul, conv), ReLU and the shape ops read the raw shares instead (`raw_shares`) and fold e
+          into their own truncation, which removes the pool's truncation (3 rounds, 16 bytes per element).
   public  None, or the float64 value when every party knows it (constants made by factories such as ones_like,
           the seed of `loss.backward()`); the shares are then the public sharing of that value. Operations use it
           to skip a protocol (a product with a public value needs no multiplication protocol). It is tied to the
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from ..protocols.arithmetic import truncate
 from ..protocols.sharing import Shares
 
 LOGICAL_DTYPES = (torch.float32, torch.int64, torch.bool)
@@ -49,6 +54,25 @@ def _generation(shares) -> tuple:
     return (_WRITES.get(_storage_key(shares.cur), 0), _WRITES.get(_storage_key(shares.prev), 0))
 
 
+class PendingBits:
+    """e extra fractional bits of a freshly computed share pair (`base`) and of every view of it: the value is
+    decode(shares) / 2^e. `settle` truncates the whole base in place, so every view sees it and reads e = 0.
+    Cost of settle: one truncation of the base (3 rounds, 16 bytes per element per party); collective, and run at
+    the same point on every party because every party runs the same operations."""
+    __slots__ = ("bits", "base", "party")
+
+    def __init__(self, bits: int, base: Shares, party):
+        self.bits, self.base, self.party = int(bits), base, party
+
+    def settle(self) -> None:
+        if self.bits:
+            with self.party.label("settle_scale"):
+                y = truncate(self.base, self.bits, party=self.party)
+            self.base.cur.copy_(y.cur)
+            self.base.prev.copy_(y.prev)
+            self.bits = 0
+
+
 class SharedTensor(torch.Tensor):
     shares: Shares
     party: object
@@ -72,6 +96,41 @@ class SharedTensor(torch.Tensor):
         out.party = party
         out.public = public
         return out
+
+    @property
+    def shares(self) -> Shares:
+        """This party's shares at scale 2^f (a deferred scale is settled first: see PendingBits)."""
+        d = self.__dict__
+        pending = d.get("_pending")
+        if pending is not None:
+            pending.settle()
+            d["_pending"] = None
+        return d["_shares"]
+
+    @shares.setter
+    def shares(self, value: Shares) -> None:
+        self.__dict__["_shares"] = value
+        self.__dict__["_pending"] = None
+
+    @property
+    def raw_shares(self) -> tuple:
+        """(shares, e): the shares as stored and the extra fractional bits they carry (0: plain scale 2^f)."""
+        d = self.__dict__
+        pending = d.get("_pending")
+        return d["_shares"], (pending.bits if pending is not None else 0)
+
+    def defer_scale(self, bits: int, same_base_as: "SharedTensor | None" = None) -> "SharedTensor":
+        """Mark this (new) tensor's shares as carrying `bits` extra fractional bits. same_base_as: a pending tensor
+        whose base this tensor's shares are a view of (they then settle together). Returns self."""
+        if bits:
+            src = same_base_as.__dict__.get("_pending") if same_base_as is not None else None
+            shares = self.__dict__["_shares"]
+            if src is not None and src.bits == bits and \
+                    shares.cur.untyped_storage().data_ptr() == src.base.cur.untyped_storage().data_ptr():
+                self.__dict__["_pending"] = src
+            else:
+                self.__dict__["_pending"] = PendingBits(bits, shares, self.party)
+        return self
 
     @property
     def public(self):
