@@ -41,6 +41,12 @@ def truncate_additive(z: torch.Tensor, d: int, *, party, opener: int = 0) -> Sha
     Cost: 3 rounds; 2 ring elements (16 bytes) per element sent by each party.
     Error: result - z/2^d in (-1, 1] ulp... precisely floor(z/2^d) or floor(z/2^d) + 1.
     Ref: Dalskov, Escudero, Keller, "Secure Evaluation of Quantized Neural Networks", PETS 2020, Sec. 3.3.
+    Why 3 rounds: the carry fix needs m (known to o after round 1) times beta (known to a and b); with the mask held
+    by a pair and no preprocessing, an output that is replicated after round 2 needs a 3-party OT towards both a and
+    b (64 bytes per element in all, against 48 here). One round online needs r, msb(r) and r >> d shared by nobody
+    in particular, i.e. a binary preprocessing circuit costing far more than the 48 bytes it saves. Instead, power-
+    of-two scales are deferred into the next product's truncation (tensor/shared.py PendingBits), so an average
+    pool costs no truncation at all.
     """
     rank, a, b = party.rank, (opener + 1) % 3, (opener - 1) % 3
     shape, dev = z.shape, z.device
