@@ -12,6 +12,8 @@ Costs per output element (per party), as in ops_pointwise.py:
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.utils._pytree as pytree
 
@@ -140,10 +142,33 @@ def sub(a, b, alpha=1):
     return add(a, b, alpha=-alpha)
 
 
+MAX_DEFERRED_BITS = 24  # beyond this a deferred scale is settled first (truncations stay well inside the ring)
+
+
+def pow2_scale_bits(c) -> int | None:
+    """k when the public c is one number equal to +-2^-k (k >= 1): a product with it can defer its scale. Else None."""
+    if not isinstance(c, torch.Tensor) or c.numel() != 1:
+        return None
+    v = abs(float(c))
+    if not 0.0 < v < 1.0:
+        return None
+    k = -math.frexp(v)[1] + 1
+    return k if v == 2.0 ** -k and k <= 30 else None
+
+
 def mul_public(x: SharedTensor, c: torch.Tensor, dtype=None) -> SharedTensor:
-    """x * c for a public float64 tensor c: integers multiply the shares (free); reals are encoded and truncated."""
+    """x * c for a public float64 tensor c: integers multiply the shares (free); +-2^-k defers k fractional bits
+    (free: the next product or settle truncates them, see shared.PendingBits); other reals are encoded and
+    truncated (3 rounds, 16 bytes per element)."""
     party = x.party
     dtype = dtype or x.dtype
+    k = pow2_scale_bits(c) if x.dtype == torch.float32 else None
+    if k is not None:
+        shares, e = x.raw_shares
+        if e + k > MAX_DEFERRED_BITS:
+            shares, e = x.shares, 0
+        sign = -1 if float(c) < 0 else 1
+        return wrap(shares.map(lambda t: t * sign), party, torch.float32).defer_scale(e + k)  # new storage
     if is_integral(c):
         ci = c.to(torch.int64)
         return wrap(L.mul_int(x.shares, ci), party, dtype)

@@ -22,7 +22,7 @@ from ..protocols.sharing import Shares
 from .dispatch import (
     UnsupportedOpError, as_shared, encode, implements_function, is_integral, party_of, public_value, shares_of, wrap,
 )
-from .functional import bits_to_fixed, softmax_from_log_softmax
+from .functional import bits_to_fixed, mul_public, softmax_from_log_softmax
 from .shared import SharedTensor
 
 
@@ -149,20 +149,21 @@ def _reduce(per_row: Shares, reduction: str, count: int, *, party) -> Shares:
     return mul_public_real(total, 1.0 / max(count, 1), party=party)
 
 
-def _scale_grad(diff: Shares, g, reduction: str, count: int, *, party) -> Shares:
-    """diff * dloss/dper_row: g (scalar or per row) divided by count for 'mean'."""
+def _scale_grad(diff: Shares, g, reduction: str, count: int, *, party) -> SharedTensor:
+    """diff * dloss/dper_row: g (scalar or per row) divided by count for 'mean'. A public factor +-2^-k (a batch of
+    2^k, loss.backward()'s seed 1) is deferred into the next product (tensor/shared.py PendingBits): free."""
     div = count if reduction == "mean" else 1
     pg = public_value(g, party.device)
     if pg is not None:
         c = (pg / div).reshape(-1, 1) if reduction == "none" else pg / div
         if is_integral(c):
-            return L.mul_int(diff, c.to(torch.int64))
-        return mul_public_real(diff, c, party=party)
+            return wrap(L.mul_int(diff, c.to(torch.int64)), party)
+        return mul_public(wrap(diff, party), c)
     gs = shares_of(g, party)
     if div != 1:
         gs = mul_public_real(gs, 1.0 / div, party=party)
     gs = gs.map(lambda t: t.reshape(-1, 1)) if reduction == "none" else gs
-    return A.mul(diff, gs, party=party)
+    return wrap(A.mul(diff, gs, party=party), party)
 
 
 class CrossEntropyFn(torch.autograd.Function):
@@ -185,7 +186,7 @@ class CrossEntropyFn(torch.autograd.Function):
             sm = softmax_from_log_softmax(ctx.logp, party=party)
             T = bits_to_fixed(ctx.T, party=party) if ctx.is_bits else ctx.T
             gx = _scale_grad(sm - T, g, ctx.reduction, ctx.count, party=party)
-        return wrap(gx, party), None, None, None, None
+        return gx, None, None, None, None
 
 
 class NLLLossFn(torch.autograd.Function):
@@ -206,7 +207,7 @@ class NLLLossFn(torch.autograd.Function):
         T = bits_to_fixed(ctx.T, party=party) if ctx.is_bits else ctx.T
         with party.label("nll_loss_backward"):
             gx = _scale_grad(-T, g, ctx.reduction, ctx.count, party=party)
-        return wrap(gx, party), None, None, None, None
+        return gx, None, None, None, None
 
 
 def _loss_args(input, target, weight, size_average, reduce, reduction, name):
