@@ -66,6 +66,22 @@ def holds_data(cfg: DictConfig) -> bool:
     return party is None or "_target_" not in strategy or party == int(strategy.get("data_owner", 0))
 
 
+def plain_checkpoint(ckpt_path, strategy):
+    """ckpt_path as the strategy can read it. A secure share checkpoint given to a plain strategy: its plaintext
+    export `<ckpt>.plain` when the model owner wrote one, else a ValueError that says what the file is."""
+    if ckpt_path is None or not os.path.isfile(str(ckpt_path)) or type(strategy).__name__ == "RSS3PC":
+        return ckpt_path
+    from secure_lightning.checkpoint_io import secure_checkpoint_note
+    note = secure_checkpoint_note(ckpt_path)
+    if note is None:
+        return ckpt_path
+    plain = f"{ckpt_path}.plain"
+    if os.path.isfile(plain):
+        log.warning(f"{ckpt_path} is a secure share checkpoint: using the model owner's plaintext export {plain}")
+        return plain
+    raise ValueError(f"ckpt_path={ckpt_path}: {note}")
+
+
 def _number(v: Any):
     if hasattr(v, "item") and getattr(v, "numel", lambda: 1)() == 1:
         v = v.item()
@@ -159,6 +175,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
 
     def run(stage: str, fn, ckpt_path):
+        ckpt_path = plain_checkpoint(ckpt_path, trainer.strategy)
         start = time.perf_counter()
         out = fn(model, ckpt_path=ckpt_path, **data_args[stage])
         metrics[f"time/{stage}_s"] = time.perf_counter() - start

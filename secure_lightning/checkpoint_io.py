@@ -1,10 +1,15 @@
 """Checkpoint files of the RSS3PC strategy, as a Lightning CheckpointIO plugin: one share file per party.
 
-Party r writes its shares to `<path>.party<r>` and the public part of the checkpoint (no state_dict, no optimizer
+Party r writes its shares to `<path>.party<r>` and the public part of the checkpoint (no weights, no optimizer
 states, no shares) to `<path>`, both atomically (temporary file + rename: readers never see a partial file).
 `save_plaintext` writes the model owner's opened weights to `<path>.plain` (a plain Lightning checkpoint). Shares
 travel in checkpoints as blobs `{"__rss3pc_shares__": True, "cur", "prev", "dtype}` (`to_blobs` / `from_blobs`).
 Every file here is written and read by the same party: nothing crosses to a peer.
+
+Plain PyTorch / Lightning given the public part (`Model.load_from_checkpoint(path)`, `trainer.test(ckpt_path=path)`
+without RSS3PC) must not load anything silently: its "state_dict" maps every weight name to an empty tensor (a size
+mismatch, which torch raises even with strict=False) plus one key that says what the file is and where a plaintext
+comes from (`SECURE_CHECKPOINT_NOTE`); `secure_checkpoint_note(path)` gives the same text to apps.
 """
 from __future__ import annotations
 
@@ -32,6 +37,32 @@ def checkpoint_base(path) -> str:
     """The checkpoint a file belongs to: `x.ckpt.party1` and `x.ckpt.plain` -> `x.ckpt` (Lightning's "last" lookup
     lists every file whose name contains "last", our per-party files included)."""
     return re.sub(r"\.(party[0-2]|plain)$", "", os.fspath(path))
+
+
+SECURE_CHECKPOINT_NOTE = (
+    "THIS IS A secure_lightning SHARE CHECKPOINT (public part only): the weights are secret-shared in {base}.party0, "
+    ".party1 and .party2. Resume it with Trainer(strategy='rss3pc'); for plain PyTorch or Lightning load the model "
+    "owner's plaintext export {base}.plain, written with RSS3PC(export_plaintext=True) or "
+    "trainer.strategy.export_plaintext(path) when the reveal policy opens the weights to the model owner")
+
+
+def secure_checkpoint_note(path) -> Optional[str]:
+    """The explanation above for the public part of a share checkpoint, None for any other checkpoint file."""
+    try:
+        ckpt = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    meta = ckpt.get("secure_lightning") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or meta.get("plaintext") or meta.get("party", -1) is not None:
+        return None
+    return SECURE_CHECKPOINT_NOTE.format(base=os.path.basename(checkpoint_base(path)))
+
+
+def _public_state_dict(state_dict: dict, path) -> dict:
+    """What plain torch finds under "state_dict" in the public part: empty tensors and the note (see above)."""
+    out = {k: torch.empty(0) for k in state_dict}
+    out[SECURE_CHECKPOINT_NOTE.format(base=os.path.basename(os.fspath(path)))] = torch.empty(0)
+    return out
 
 
 def _atomic_save(obj, path: str) -> None:
@@ -79,6 +110,7 @@ class ShareCheckpointIO(CheckpointIO):
         full["secure_lightning"] = meta
         _atomic_save(full, party_path(path, r))
         public = {k: strip_blobs(v) for k, v in full.items() if k not in ("state_dict", "optimizer_states")}
+        public["state_dict"] = _public_state_dict(full.get("state_dict") or {}, path)
         public["secure_lightning"] = dict(meta, party=None,
                                           note="public part only: the shares are in the .party<r> files")
         _atomic_save(public, os.fspath(path))

@@ -182,3 +182,42 @@ def test_three_hosts_in_namespaces_with_the_data_only_on_the_owner(tmp_path):
         assert not (tmp_path / f"host{r}" / "metrics.json").exists()
         assert "DatasetNotFound" not in outs[r] and "MNIST" not in outs[r]
     assert not any(empty.iterdir())
+
+
+def _secure_public_part(tmp_path, model):
+    """The public part of a share checkpoint of `model`, as party 0 writes it (shares replaced by random blobs)."""
+    from secure_lightning.checkpoint_io import ShareCheckpointIO, to_blobs
+    from secure_lightning.protocols.sharing import Shares
+    io = ShareCheckpointIO()
+    io.bind(0, 20)
+    sd = {k: Shares(torch.zeros_like(v, dtype=torch.int64), torch.zeros_like(v, dtype=torch.int64))
+          for k, v in model.state_dict().items()}
+    ckpt = {"epoch": 1, "global_step": 2, "pytorch-lightning_version": "2.0.0", "hyper_parameters": {},
+            "state_dict": {k: {"__rss3pc_shares__": True, "cur": s.cur, "prev": s.prev, "dtype": "float32"}
+                           for k, s in sd.items()}, "optimizer_states": [], "lr_schedulers": []}
+    path = tmp_path / "secure.ckpt"
+    io.save_checkpoint(to_blobs(ckpt), path)
+    return path
+
+
+def test_plain_lightning_refuses_a_secure_checkpoint_with_an_explanation(tmp_path):
+    """Model.load_from_checkpoint(<share checkpoint>) raises (strict or not) saying what the file is and where a
+    plaintext comes from; train.py with a plain strategy does the same, or uses the model owner's `.plain` export."""
+    from models import Classifier
+    from models.nets import SmallCNN
+    net = lambda: SmallCNN(in_channels=1, num_classes=10, image_size=8, channels=[16, 32])  # noqa: E731
+    model = Classifier(net=net(), optimizer=torch.optim.SGD, num_classes=10)
+    path = _secure_public_part(tmp_path, model)
+    for strict in (True, False):
+        with pytest.raises(RuntimeError, match="secure_lightning SHARE CHECKPOINT") if strict else \
+                pytest.raises(RuntimeError, match="size mismatch"):
+            Classifier.load_from_checkpoint(path, net=net(), optimizer=torch.optim.SGD, strict=strict)
+    with pytest.raises(ValueError, match=r"SHARE CHECKPOINT.*secure\.ckpt\.plain"):
+        train.train(make_cfg(tmp_path / "t", "strategy=plain", "mode=test", f"ckpt_path={path}", "logger=none"))
+    plain = train.train(make_cfg(tmp_path / "p", "strategy=plain", "trainer.max_epochs=1", "logger=none",
+                                 "test_after_fit=false"))
+    torch.save(torch.load(tmp_path / "p" / "checkpoints" / "last.ckpt", weights_only=False), f"{path}.plain")
+    test = train.train(make_cfg(tmp_path / "t2", "strategy=plain", "mode=test", f"ckpt_path={path}", "logger=none"))
+    direct = train.train(make_cfg(tmp_path / "t3", "strategy=plain", "mode=test", f"ckpt_path={path}.plain",
+                                  "logger=none"))
+    assert plain["val/acc"] > 0.2 and test["test/acc"] == direct["test/acc"]
