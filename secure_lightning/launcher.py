@@ -31,6 +31,7 @@ from pytorch_lightning.strategies.launchers.launcher import _Launcher
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from . import logs
 from .data import NoData, data_plan, dumps_without_data, strip_data  # noqa: F401 (NoData: public here too)
 
 
@@ -160,6 +161,8 @@ class PartyLauncher(_Launcher):
         from .runtime import free_port
 
         result_dir = tempfile.mkdtemp(prefix="rss3pc-")
+        if trainer is not None:
+            logs.pin_versions(trainer)  # one folder for every call, as plain Lightning's single logger object
         try:
             rng = _collect_rng_states()
             strategy._data_plan = data_plan(function, args)  # which dataloader sources exist (no hook called)
@@ -188,6 +191,7 @@ class PartyLauncher(_Launcher):
         if trainer is None:
             return outs[strategy.data_owner].results
         self._already_fit |= trainer.state.fn == TrainerFn.FITTING
+        logs.note_call(trainer)
         return strategy.restore_outputs(trainer, outs)
 
     # ---- watching the parties ---------------------------------------------------------------------------------

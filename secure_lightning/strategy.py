@@ -56,6 +56,7 @@ from .layout import PartyLayout
 from .precision import SharePrecision, share_precision
 from .ledger import OpeningLedger, OwnerHeld  # noqa: F401 (OwnerHeld: public here too)
 from .protocols import guard
+from . import logs
 from . import results as results_
 from .reveal import RevealPolicy, RevealPolicyError, report  # noqa: F401 (RevealPolicyError: public here too)
 from .runtime import DEFAULT_TIMEOUT, init_party
@@ -228,6 +229,8 @@ class RSS3PC(ParallelStrategy):
                 install_peer_sources(trainer, plan)
         if self.overflow_guard:
             guard.enable(self._party)
+        if self.global_rank == 0:  # the logging party: continue this Trainer's log files (secure_lightning.logs)
+            logs.continue_files(self.lightning_module.trainer)
         if hasattr(dist, "set_timeout"):  # the rendezvous may wait longer (start-up); every later op: our timeout
             dist.set_timeout(datetime.timedelta(seconds=self.timeout))
         # logged values are opened to all parties and equal everywhere: Lightning's advice to sync them is moot
