@@ -31,7 +31,7 @@ from pytorch_lightning.strategies.launchers.launcher import _Launcher
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from . import logs
+from . import launch_checks, logs
 from .data import NoData, data_plan, dumps_without_data, strip_data  # noqa: F401 (NoData: public here too)
 
 
@@ -125,7 +125,10 @@ def _context():
     each launch forks the three parties from it (a spawned party would import them again: seconds per process).
     Elsewhere: spawn. Both need the script's `if __name__ == "__main__":` guard and importable classes."""
     import multiprocessing as mp
-    if "forkserver" in mp.get_all_start_methods():
+    method = launch_checks.start_method()
+    if method == "fork":  # a notebook, REPL or stdin script: the parties inherit this process's classes
+        return mp.get_context("fork")
+    if method == "forkserver":
         from multiprocessing import forkserver
         if getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", 1) is None:  # not started yet
             forkserver.set_forkserver_preload(["__main__", *_PRELOAD])
@@ -144,7 +147,7 @@ class PartyLauncher(_Launcher):
 
     @property
     def is_interactive_compatible(self) -> bool:
-        return not self.spawn  # spawn re-imports the script: the model classes must be importable
+        return True  # notebooks and stdin scripts: the parties are forked (launch_checks.start_method)
 
     def launch(self, function: Callable, *args: Any, trainer: Optional["pl.Trainer"] = None, **kwargs: Any) -> Any:
         strategy = self._strategy
@@ -156,8 +159,10 @@ class PartyLauncher(_Launcher):
             raise NotImplementedError(
                 "Calling trainer.fit() twice on the same Trainer with RSS3PC is not supported: create a new Trainer "
                 "and pass fit(ckpt_path=...) to resume from a checkpoint.")
-        from lightning_fabric.strategies.launchers.multiprocessing import _check_missing_main_guard
-        _check_missing_main_guard()
+        launch_checks.check_main_guard()
+        if trainer is not None:
+            launch_checks.check_importable(trainer.lightning_module, "LightningModule")
+            launch_checks.check_importable(getattr(trainer, "datamodule", None), "LightningDataModule")
         from .runtime import free_port
 
         result_dir = tempfile.mkdtemp(prefix="rss3pc-")
