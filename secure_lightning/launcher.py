@@ -54,6 +54,12 @@ class PartyOutput:
     fit_loop: Optional[dict] = None
     checkpoint_callbacks: list = field(default_factory=list)
     weights: Optional[dict] = None  # the opened weights, in their recipient only
+    logged_metrics: dict = field(default_factory=dict)
+    progress_bar_metrics: dict = field(default_factory=dict)
+    callbacks: list = field(default_factory=list)       # per trainer.callbacks entry: {"state", "attrs"} (plain)
+    module_attrs: dict = field(default_factory=dict)    # the LightningModule's plain-valued public attributes
+    optimizers: list = field(default_factory=list)      # per optimizer: its param_groups' hyperparameters
+    schedulers: list = field(default_factory=list)      # per LR scheduler: its state_dict (public: steps, lrs)
 
 
 class PartyFailedError(RuntimeError):

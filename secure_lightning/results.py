@@ -1,5 +1,13 @@
 """Results back to the launching process: what a party hands back (PartyOutput) and how the launching process puts
-it where Lightning keeps it (trainer state, callback metrics, fit loop counters, checkpoint callbacks, weights).
+it where Lightning keeps it, so that after a Trainer call the launching process holds what plain Lightning would, as
+far as it is public: trainer state and fit loop counters, callback/logged/progress-bar metrics, every callback's
+state (`state_dict()` and its plain attributes), the LightningModule's plain-valued attributes set in its hooks, the
+weights (opened to their recipient), and the optimizers and LR schedulers rebuilt by `configure_optimizers` with
+their public state (hyperparameters such as lr, scheduler steps). What stays secret: the weights when the policy
+does not open them, optimizer moments and momentum buffers (secret-shared), and anything held as a SharedTensor.
+
+"Plain" values: None, bool, int, float, str, plain (non-shared) tensors, and lists, tuples and dicts of them. The
+data owner's copies are used (it is the party that logs and runs the hooks on plaintext).
 
 RSS3PC.party_output / restore_outputs / communication_summary delegate here; the launcher calls the first two.
 """
@@ -8,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
+import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
@@ -29,7 +38,13 @@ def party_output(strategy, trainer: "pl.Trainer", results) -> PartyOutput:
                       openings=list(strategy.ledger.records),
                       audit=list(party.audit.records) if party is not None else [],
                       unaccounted=strategy.unaccounted_openings(), comm=comm_totals(party))
+    out.logged_metrics = _plain_metrics(trainer.logged_metrics)
+    out.progress_bar_metrics = _plain_metrics(trainer.progress_bar_metrics)
+    out.callbacks = [{"type": type(cb).__qualname__, "state": _plain_or_none(_state_dict(cb)),
+                      "attrs": public_attributes(cb)} for cb in trainer.callbacks]
+    out.module_attrs = public_attributes(trainer.lightning_module)
     if trainer.state.fn == TrainerFn.FITTING:
+        out.optimizers, out.schedulers = strategy.public_optimizer_state or ([], [])
         out.fit_loop = trainer.fit_loop.state_dict()
         out.checkpoint_callbacks = [
             {k: getattr(cb, k) for k in ("best_model_path", "best_model_score", "last_model_path",
@@ -63,12 +78,108 @@ def communication_summary(comm: Optional[dict]) -> dict:
     return out
 
 
+def public_optimizer_state(strategy) -> tuple[list, list]:
+    """(per optimizer: its param_groups' plain hyperparameters, per LR scheduler: its plain state_dict), taken in the
+    party before teardown drops the optimizers."""
+    groups = [[{k: v for k, v in g.items() if k != "params" and is_plain(v)} for g in opt.param_groups]
+              for opt in strategy.optimizers]
+    return groups, [_plain_or_none(cfg.scheduler.state_dict()) for cfg in strategy.lr_scheduler_configs]
+
+
+def is_plain(v, depth: int = 0) -> bool:
+    """Whether v is public plain data (see the module docstring); a SharedTensor never is."""
+    if depth > 8:
+        return False
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return True
+    if isinstance(v, Tensor):
+        return type(v) is Tensor or isinstance(v, torch.nn.Parameter) and type(v.data) is Tensor
+    if isinstance(v, (list, tuple)):
+        return all(is_plain(x, depth + 1) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, (str, int, float, bool)) and is_plain(x, depth + 1) for k, x in v.items())
+    return False
+
+
+def _plain_or_none(v):
+    return apply_to_collection(v, Tensor, lambda t: t.detach().cpu()) if is_plain(v) else None
+
+
+def _plain_metrics(metrics) -> dict:
+    return {k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in dict(metrics).items() if is_plain(v)}
+
+
+def public_attributes(obj) -> dict:
+    """obj's public attributes (no leading underscore) that hold plain values, detached to the CPU."""
+    return {k: _plain_or_none(v) for k, v in vars(obj).items() if not k.startswith("_") and is_plain(v)}
+
+
+def _state_dict(cb) -> Any:
+    try:
+        return cb.state_dict()
+    except Exception:  # a callback without a usable state_dict
+        return None
+
+
+def _restore_callbacks(trainer, states: list) -> None:
+    """Match callbacks by type and order among their type (the party may have added the model's own callbacks)."""
+    by_type: dict = {}
+    for saved in states:
+        by_type.setdefault(saved["type"], []).append(saved)
+    seen: dict = {}
+    for cb in trainer.callbacks:
+        name = type(cb).__qualname__
+        idx = seen[name] = seen.get(name, -1) + 1
+        if idx >= len(by_type.get(name, [])):
+            continue
+        saved = by_type[name][idx]
+        if saved["state"]:
+            try:
+                cb.load_state_dict(saved["state"])
+            except Exception as e:  # pragma: no cover - a callback that cannot take back its own state
+                log.debug(f"RSS3PC: {type(cb).__name__}.load_state_dict failed: {e}")
+        for k, v in saved["attrs"].items():
+            try:
+                setattr(cb, k, v)
+            except Exception:  # read-only properties
+                pass
+
+
+def _restore_optimizers(trainer, groups: list, schedulers: list) -> None:
+    """configure_optimizers on the launching process's model, then the parties' public optimizer/scheduler state."""
+    from pytorch_lightning.core.optimizer import _init_optimizers_and_lr_schedulers
+    if trainer.lightning_module._trainer is None:
+        trainer.lightning_module.trainer = trainer  # attached after fit, as in plain Lightning
+    try:
+        optimizers, configs = _init_optimizers_and_lr_schedulers(trainer.lightning_module)
+    except Exception as e:  # pragma: no cover - configure_optimizers that needs the run (e.g. the trainer's loaders)
+        log.warning(f"RSS3PC: could not rebuild the optimizers in the launching process: {e}")
+        return
+    for opt, saved in zip(optimizers, groups):
+        for group, values in zip(opt.param_groups, saved):
+            group.update(values)
+    for cfg, state in zip(configs, schedulers):
+        if state is not None:
+            cfg.scheduler.load_state_dict(state)
+    trainer.strategy.optimizers = optimizers
+    trainer.strategy.lr_scheduler_configs = configs
+
+
 def restore_outputs(strategy, trainer: "pl.Trainer", outs: list) -> Any:
     """In the launching process: put the parties' PartyOutputs where Lightning keeps them; returns the results of the
     Trainer call (predictions: those of their recipient)."""
     main = outs[strategy.data_owner]
     trainer.state = main.state
     trainer.callback_metrics.update(main.callback_metrics)
+    connector = trainer._logger_connector
+    connector._logged_metrics.update(main.logged_metrics)
+    connector._progress_bar_metrics.update(main.progress_bar_metrics)
+    _restore_callbacks(trainer, main.callbacks)
+    for k, v in main.module_attrs.items():
+        try:
+            setattr(trainer.lightning_module, k, v)
+        except Exception:  # read-only properties
+            pass
     strategy._openings = main.openings
     strategy._party_audits = {o.rank: o.audit for o in outs}
     strategy._party_unaccounted = main.unaccounted
@@ -86,6 +197,7 @@ def restore_outputs(strategy, trainer: "pl.Trainer", outs: list) -> Any:
         for cb, attrs in zip(trainer.checkpoint_callbacks, main.checkpoint_callbacks):
             for k, v in attrs.items():
                 setattr(cb, k, v)
+        _restore_optimizers(trainer, main.optimizers, main.schedulers)
     if trainer.state.fn == TrainerFn.PREDICTING:
         to = strategy.policy.recipient("predictions")
         return outs[to].results if isinstance(to, int) else main.results

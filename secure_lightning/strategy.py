@@ -134,6 +134,7 @@ class RSS3PC(ParallelStrategy):
         self._party_audits: dict = {}    # in the launching process: {rank: [Opening]} from the parties
         self._party_unaccounted: list = []
         self._weights_revealed = False
+        self.public_optimizer_state = None  # inside a party after fit: results.public_optimizer_state
 
     # ---- layout: processes, devices, ranks ----------------------------------------------------------------------
     @property
@@ -292,6 +293,7 @@ class RSS3PC(ParallelStrategy):
                     self._weights_revealed = True
             secure_nn.restore_plain(lm, state)
             self._secured = False
+            self.public_optimizer_state = results_.public_optimizer_state(self)  # before they are dropped
             self._reset_optimizers_and_schedulers()
         if self._party is not None:
             self.patches.undo()
