@@ -239,7 +239,9 @@ class PublicChannel:
                                    {party.next: ((1,), torch.int64), party.prev: ((1,), torch.int64)})
         bad = [p for p, v in got.items() if int(v[0]) == 0]
         if bad and ok:
-            raise RuntimeError(f"RSS3PC: {what} failed in party {', '.join(map(str, sorted(bad)))} (see its error)")
+            exc = RuntimeError(f"RSS3PC: {what} failed in party {', '.join(map(str, sorted(bad)))} (see its error)")
+            exc.failed_party = min(bad)  # a consequence of another party's error: report that one first
+            raise exc
 
     def send_raw(self, header: bytes, blob: bytes = b"") -> None:
         """Send preformed bytes from this party to both others (the wire format's two rounds). Tests use it to
@@ -266,7 +268,9 @@ class PublicChannel:
         data = comm.round({}, {src: ((nh + nb,), torch.uint8)})[src].cpu().numpy().tobytes()
         value, err = decode(data[:nh], data[nh:], kind, src)
         if err is not None:
-            raise ProtocolMessageError(f"party {src} could not send its {kind!r} message: {err}")
+            exc = ProtocolMessageError(f"party {src} could not send its {kind!r} message: {err}")
+            exc.failed_party = src  # the sender's own error is the one to report
+            raise exc
         if not SCHEMAS[kind](value):
             raise ProtocolMessageError(f"party {src} sent a {kind!r} message outside its schema")
         return value

@@ -113,7 +113,7 @@ def _is_peer_failure(e: BaseException) -> bool:
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, PartyTimeoutError):
+        if isinstance(e, PartyTimeoutError) or getattr(e, "failed_party", None) is not None:
             return True
         text = f"{type(e).__name__}: {e}".lower()
         if any(s in text for s in ("connection closed", "connection reset", "timed out", "timeout",

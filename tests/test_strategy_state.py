@@ -81,3 +81,15 @@ def test_state_after_fit_matches_plain_lightning(tmp_path):
         assert st.optimizers[0].param_groups[0][k] == pt.optimizers[0].param_groups[0][k], k
     s_sched, p_sched = st.lr_scheduler_configs[0].scheduler, pt.lr_scheduler_configs[0].scheduler
     assert s_sched.last_epoch == p_sched.last_epoch == 12 and s_sched.get_last_lr() == p_sched.get_last_lr()
+
+
+def test_nan_input_reports_the_data_owners_own_error(tmp_path):
+    """A NaN in a batch: the launching process raises party 0's own error (which names the value), not a peer's
+    "party 0 could not share" (that one is a consequence and comes second, whichever party failed first)."""
+    import pytest
+    from secure_lightning.encoding import FixedPointRangeError
+    x, y = regression_data()
+    x[3, 1] = float("nan")
+    trainer = pl.Trainer(strategy="rss3pc", max_steps=2, **trainer_kwargs(tmp_path))
+    with pytest.raises(FixedPointRangeError, match=r"^sharing 'batch/0' from party 0: .*1 NaN/inf value"):
+        trainer.fit(LinearRegressor(), DataLoader(TensorDataset(x, y), batch_size=8))

@@ -168,8 +168,10 @@ def _share(x, owner: int, prepare, *, party, label: str, data: bool) -> tuple[Sh
                 kind = _STATUS_ERRORS.get(status, ValueError)
                 why = {FixedPointRangeError: "NaN/inf or outside the fixed-point range",
                        TypeError: "of an unsupported type"}.get(kind, "invalid")
-                raise kind(f"party {owner} could not share '{label}': its input is {why} "
+                exc = kind(f"party {owner} could not share '{label}': its input is {why} "
                            f"(the error on party {owner} has the details)")
+                exc.failed_party = owner  # a consequence of another party's error: report that one first
+                raise exc
         _, tag, shape = _parse_header(h, tagged)
         return share_encoded(enc, owner, shape, party=party), tag
 
