@@ -140,22 +140,31 @@ FEW_BITS = 4  # up to this many live bits a word, shifts beat converting every w
 def _bit_columns(flat: torch.Tensor, live: int) -> torch.Tensor:
     """The live bits of int64 words as uint8 0/1, position-major: bit j of every word, for each live j ascending."""
     pos = positions(live)
-    if flat.device.type != "cpu" or len(pos) <= FEW_BITS:
+    if flat.device.type != "cpu":
         return torch.cat([torch.bitwise_right_shift(flat, j).bitwise_and(1).to(torch.uint8) for j in pos])
-    bits = np.unpackbits(flat.contiguous().numpy().view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
+    a = flat.contiguous().numpy().view(np.uint64)
+    if len(pos) <= FEW_BITS:
+        return torch.from_numpy(np.concatenate([((a >> np.uint64(j)) & np.uint64(1)).astype(np.uint8) for j in pos]))
+    bits = np.unpackbits(a.view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
     return torch.from_numpy(np.ascontiguousarray(bits[:, pos].T)).reshape(-1)
 
 
 def _words_from_columns(cols: torch.Tensor, n: int, live: int) -> torch.Tensor:
     """Inverse of _bit_columns for n words: int64 words, zero outside the live bits."""
     pos = positions(live)
-    if cols.device.type != "cpu" or len(pos) <= FEW_BITS:
+    if cols.device.type != "cpu":
         w = torch.zeros(n, dtype=ring.DTYPE, device=cols.device)
         for k, j in enumerate(pos):
             w |= torch.bitwise_left_shift(cols[k * n:(k + 1) * n].to(ring.DTYPE), j)
         return w
+    c = cols.numpy().reshape(len(pos), n)
+    if len(pos) <= FEW_BITS:
+        w = np.zeros(n, dtype=np.uint64)
+        for k, j in enumerate(pos):
+            w |= c[k].astype(np.uint64) << np.uint64(j)
+        return torch.from_numpy(w.view(np.int64))
     full = np.zeros((n, 64), dtype=np.uint8)
-    full[:, pos] = cols.numpy().reshape(len(pos), n).T
+    full[:, pos] = c.T
     return torch.from_numpy(np.packbits(full, axis=1, bitorder="little").view(np.int64).reshape(n).copy())
 
 
