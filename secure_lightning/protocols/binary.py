@@ -305,8 +305,11 @@ def and_many(pairs: Sequence[tuple], *, party) -> list[BinShares]:
     """
     fields, specs = [], []
     for x, y, live in pairs:
-        z = (x.cur & (y.cur ^ y.prev)) ^ (x.prev & y.cur)
-        z = (z ^ zero_xor_share(z.shape, party=party)) & as_i64(live)
+        z = x.cur & (y.cur ^ y.prev)  # a fresh tensor of the broadcast shape: the rest works in place
+        z ^= x.prev & y.cur
+        z ^= party.prg_next.ring(z.shape, party.device)  # ^ PRG_{i-1,i} below: zero_xor_share, drawn in its order
+        z ^= party.prg_prev.ring(z.shape, party.device)
+        z &= as_i64(live)
         fields.append((z, live))
         specs.append((z.shape, live))
     with party.label("and"):
