@@ -14,12 +14,12 @@ this party receives (a copy, on the transport device); `None` (the default) reco
 from __future__ import annotations
 
 import contextlib
-import datetime
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
+
+from .transport import DistTransport, SocketMesh, TransportError
 
 
 class PartyTimeoutError(RuntimeError):
@@ -88,20 +88,24 @@ class CostMeter:
 
 
 class Communicator:
-    """Messages between party `rank` and its two peers over a torch.distributed process group.
+    """Messages between party `rank` and its two peers.
 
-    Tensors travel on `transport_device` (CPU for gloo, the party's GPU for NCCL); results come back on the device the
-    caller's tensors live on.
+    `transport` moves the bytes: a `SocketMesh` (direct TCP connections, what `init_party` opens for CPU parties) or
+    a `DistTransport` (isend/irecv on the torch.distributed `group`, the default here and the path for NCCL).
+    Tensors travel on `transport_device` (CPU, or the party's GPU for NCCL); results come back on the transport
+    device. Either way a round sends exactly the tensors' bytes: the transport changes no byte or round count.
     """
 
     world_size = 3
 
-    def __init__(self, rank: int, timeout: float = 120.0, group=None, transport_device: str | torch.device = "cpu"):
+    def __init__(self, rank: int, timeout: float = 120.0, group=None, transport_device: str | torch.device = "cpu",
+                 transport: SocketMesh | DistTransport | None = None):
         if not 0 <= rank < 3:
             raise ValueError(f"rank must be 0, 1 or 2, got {rank}")
         self.rank = rank
         self.timeout = float(timeout)
         self.group = group
+        self.transport = transport if transport is not None else DistTransport(group)
         self.transport_device = torch.device(transport_device)
         self.stats = CommStats()
         self._labels: list[str] = []
@@ -151,39 +155,41 @@ class Communicator:
 
         All three parties must call it at the same protocol step. Returns {peer: received tensor}.
         """
-        sends = sends or {}
-        recv_specs = recv_specs or {}
         entry = self.stats.by_label[self.current_label]
         entry.rounds += 1
-        works, out, out_device = [], {}, None
-        for peer, t in sends.items():
-            self._check_peer(peer)
-            out_device = out_device or t.device
-            buf = t.detach().to(self.transport_device).contiguous()
-            entry.bytes += buf.numel() * buf.element_size()
-            entry.messages += 1
-            works.append(("send", peer, dist.isend(buf, dst=peer, group=self.group)))
-        for peer, (shape, dtype) in recv_specs.items():
-            self._check_peer(peer)
-            buf = torch.empty(tuple(shape), dtype=dtype, device=self.transport_device)
-            out[peer] = buf
-            works.append(("recv", peer, dist.irecv(buf, src=peer, group=self.group)))
-        tmo = datetime.timedelta(seconds=self.timeout)
-        for kind, peer, w in works:
-            try:
-                ok = w.wait(tmo)
-            except Exception as e:  # gloo raises on timeout or on a closed connection
-                raise PartyTimeoutError(
-                    f"party {self.rank}: {kind} with party {peer} failed during '{self.current_label}' "
-                    f"(timeout {self.timeout:g}s): {e}") from e
-            if ok is False:
-                raise PartyTimeoutError(
-                    f"party {self.rank}: party {peer} did not answer within {self.timeout:g}s "
-                    f"during '{self.current_label}'")
+        out, bufs, out_device = {}, {}, None
+        tdev = self.transport_device
+        if sends:
+            for peer, t in sends.items():
+                self._check_peer(peer)
+                out_device = out_device or t.device
+                buf = t.detach().to(tdev).contiguous()
+                entry.bytes += buf.numel() * buf.element_size()
+                entry.messages += 1
+                bufs[peer] = buf
+        if recv_specs:
+            for peer, (shape, dtype) in recv_specs.items():
+                self._check_peer(peer)
+                out[peer] = torch.empty(tuple(shape), dtype=dtype, device=tdev)
+        try:
+            if isinstance(self.transport, SocketMesh):
+                self.transport.exchange({p: _bytes_of(b) for p, b in bufs.items()},
+                                        {p: _bytes_of(b) for p, b in out.items()}, self.timeout)
+            else:
+                self.transport.exchange_tensors(bufs, out, self.timeout)
+        except TransportError as e:
+            raise PartyTimeoutError(
+                f"party {self.rank}: {e.kind} with party {e.peer} failed during '{self.current_label}' "
+                f"(timeout {self.timeout:g}s): {e}") from e
         if self.record_received is not None:
             for peer, buf in out.items():
                 self.record_received.append((self.current_label, peer, buf.clone()))
         return out
+
+    def close(self):
+        """Close the socket connections (the torch.distributed group is the caller's)."""
+        if isinstance(self.transport, SocketMesh):
+            self.transport.close()
 
     def send_next_recv_prev(self, t: torch.Tensor) -> torch.Tensor:
         """The resharing pattern: send to P_{i+1}, receive the same shape from P_{i-1}. 1 round, t.numel() elems."""
@@ -193,3 +199,10 @@ class Communicator:
     def _check_peer(self, peer: int):
         if peer == self.rank or not 0 <= peer < 3:
             raise ValueError(f"party {self.rank} cannot exchange with {peer}")
+
+
+def _bytes_of(t: torch.Tensor) -> memoryview:
+    """The bytes of a contiguous CPU tensor, as a writable memoryview sharing its storage."""
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
+import numpy as np
 import torch
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -32,19 +33,54 @@ class PRG(Protocol):
 
 
 class AesCtrPRG:
-    """AES-128 in counter mode over a zero plaintext: a cryptographic stream of bytes (OpenSSL via `cryptography`)."""
+    """AES-128 in counter mode over a zero plaintext: a cryptographic stream of bytes (OpenSSL via `cryptography`).
+
+    Draws take the next bytes of the one keystream, in order, whatever their sizes. Draws of up to BUFFER / 4 bytes
+    are served from a block of BUFFER keystream bytes generated ahead (the per-call cost of a cipher update
+    dominates small draws); larger draws are encrypted straight into their own array. Either way the bytes a
+    caller gets are exactly the stream's next bytes, so both members of a pair stay in step.
+    """
+
+    BUFFER = 1 << 16
 
     def __init__(self, key: bytes, nonce: bytes = bytes(16)):
         if len(key) != KEY_BYTES:
             raise ValueError(f"AES-128 key must be {KEY_BYTES} bytes, got {len(key)}")
         self._enc = Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor()
         self.bytes_drawn = 0
+        self._zeros = memoryview(bytes(0))
+        self._buf = _with_slack(0)  # keystream generated ahead, not yet drawn: _buf[_pos:]
+        self._pos = 0
+
+    def _keystream_into(self, out: np.ndarray) -> None:
+        """Encrypt zeros into the uint8 array `out`, whose memory must have 16 bytes more (one block of slack)."""
+        n = out.size
+        if len(self._zeros) < n:
+            self._zeros = memoryview(bytes(max(n, self.BUFFER)))
+        self._enc.update_into(self._zeros[:n], _slack_view(out))
+
+    def _take(self, n: int) -> np.ndarray:
+        """The next n keystream bytes as a fresh uint8 array."""
+        rem = self._buf.size - self._pos
+        if n <= rem:
+            out = self._buf[self._pos:self._pos + n].copy()
+            self._pos += n
+        elif n <= self.BUFFER // 4:
+            head = self._buf[self._pos:]
+            self._buf = _with_slack(self.BUFFER)
+            self._keystream_into(self._buf)
+            out = np.concatenate([head, self._buf[:n - rem]])
+            self._pos = n - rem
+        else:
+            out = _with_slack(n)
+            out[:rem] = self._buf[self._pos:]
+            self._keystream_into(out[rem:])
+            self._buf, self._pos = _with_slack(0), 0
+        self.bytes_drawn += n
+        return out
 
     def random_bytes(self, n: int) -> memoryview:
-        out = bytearray(n + 15)  # update_into asks for one block of slack
-        self._enc.update_into(bytes(n), out)
-        self.bytes_drawn += n
-        return memoryview(out)[:n]
+        return memoryview(self._take(n))
 
     def ring(self, shape, device=None) -> torch.Tensor:
         """Uniform elements of Z_2^64 (all 2^64 values equally likely)."""
@@ -52,12 +88,24 @@ class AesCtrPRG:
         n = shape.numel()
         if n == 0:
             return torch.zeros(shape, dtype=ring.DTYPE, device=device)
-        t = torch.frombuffer(self.random_bytes(8 * n), dtype=ring.DTYPE).view(shape)
+        t = torch.from_numpy(self._take(8 * n).view(np.int64)).view(shape)
         return t.to(device) if device is not None else t
 
     def bits(self, shape, device=None) -> torch.Tensor:
         """Uniform 0/1 values as int64."""
         return self.ring(shape, device) & 1
+
+
+def _with_slack(n: int) -> np.ndarray:
+    """A uint8 array of n elements with 16 more bytes of memory behind it (update_into asks for a block of slack)."""
+    return np.empty(n + 16, dtype=np.uint8)[:n]
+
+
+def _slack_view(a: np.ndarray) -> memoryview:
+    """Writable bytes from a's first byte to the end of the memory it was cut from (a's bytes plus the slack)."""
+    base = a.base if a.base is not None else a
+    start = a.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    return memoryview(base)[start:]
 
 
 def own_prg() -> AesCtrPRG:

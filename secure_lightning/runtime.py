@@ -17,6 +17,7 @@ import torch.distributed as dist
 from .comm import Communicator
 from .encoding import FixedPoint
 from .party import Party
+from .transport import SocketMesh
 
 DEFAULT_TIMEOUT = float(os.environ.get("SECURE_LIGHTNING_TIMEOUT", 120))
 STARTUP_TIMEOUT = 120.0  # the least time the rendezvous waits for all three parties to join
@@ -39,8 +40,11 @@ def default_backend() -> str:
 
 def init_party(rank: int, master_addr: str, master_port: int, *, backend: str | None = None,
                timeout: float = DEFAULT_TIMEOUT, encoding: FixedPoint = FixedPoint(), device=None,
-               insecure_fast_prg: bool = False, threads: int | None = 1) -> Party:
-    """Join the 3-party process group and run key agreement. Returns this process's Party."""
+               insecure_fast_prg: bool = False, threads: int | None = 1, transport: str | None = None) -> Party:
+    """Join the 3-party process group and run key agreement. Returns this process's Party.
+
+    `transport`: "socket" (direct TCP connections between the parties, secure_lightning.transport; the default on
+    CPU) or "dist" (isend/irecv on the torch.distributed group; the default, and the only choice, with NCCL)."""
     if threads:
         torch.set_num_threads(threads)
     backend = backend or default_backend()
@@ -54,7 +58,13 @@ def init_party(rank: int, master_addr: str, master_port: int, *, backend: str | 
                                 timeout=datetime.timedelta(seconds=max(timeout, STARTUP_TIMEOUT)))
     elif dist.get_world_size() != 3:
         raise RuntimeError(f"secure_lightning needs exactly 3 processes, the process group has {dist.get_world_size()}")
-    comm = Communicator(rank, timeout=timeout, transport_device=device if backend == "nccl" else "cpu")
+    transport = transport or ("dist" if backend == "nccl" else "socket")
+    if transport not in ("socket", "dist") or (transport == "socket" and backend == "nccl"):
+        raise ValueError(f"transport {transport!r}: use 'socket' (CPU parties) or 'dist'")
+    mesh = SocketMesh.connect(rank, master_addr, timeout=max(timeout, STARTUP_TIMEOUT)) if transport == "socket" \
+        else None
+    comm = Communicator(rank, timeout=timeout, transport_device=device if backend == "nccl" else "cpu",
+                        transport=mesh)
     return Party.connect(comm, encoding=encoding, device=device, insecure_fast_prg=insecure_fast_prg)
 
 
@@ -107,6 +117,7 @@ def party_worker(rank: int, port: int, conn, init_kw: dict):
             conn.send(("err", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
             break
     try:
+        party.comm.close()
         dist.destroy_process_group()
     except Exception:
         pass

@@ -36,6 +36,23 @@ def test_aes_ctr_stream_matches_cryptography_and_is_continuous():
     assert prg_mod.AesCtrPRG(key).ring((0, 4)).shape == (0, 4)
 
 
+def test_buffered_and_direct_draws_continue_one_stream():
+    """Small draws come from keystream generated ahead, large ones straight from the cipher: any mix of sizes reads
+    the stream in order (sizes around the buffer's thresholds included)."""
+    key = bytes(range(1, 17))
+    want = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(1_200_000))
+    p, got = prg_mod.AesCtrPRG(key), b""
+    buf = prg_mod.AesCtrPRG.BUFFER
+    sizes = [1, 7, 8, 800, buf // 4 - 1, buf // 4, buf // 4 + 1, 3, buf, 5, 200_000, 9, buf - 3, 16, 8 * 1001, 0]
+    for i, n in enumerate(sizes * 3):
+        got += bytes(p.random_bytes(n)) if i % 2 or n % 8 else p.ring((n // 8,)).numpy().tobytes()
+    assert got == want[:len(got)] and p.bytes_drawn == len(got)
+    q = prg_mod.AesCtrPRG(key)
+    a = q.ring((4,))
+    a += 1  # a draw is the caller's own memory: changing it changes no later draw
+    assert q.ring((2,)).numpy().tobytes() == want[32:48]
+
+
 def test_ring_draws_cover_the_whole_ring():
     r = prg_mod.AesCtrPRG(bytes(16)).ring((1 << 16,))
     assert (r < 0).any() and (r > 0).any()

@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from .. import ring
+from .. import bitpack, ring
 
 ALL = (1 << 64) - 1  # every bit of a word is live
 
@@ -140,38 +140,61 @@ FEW_BITS = 4  # up to this many live bits a word, shifts beat converting every w
 def _bit_columns(flat: torch.Tensor, live: int) -> torch.Tensor:
     """The live bits of int64 words as uint8 0/1, position-major: bit j of every word, for each live j ascending."""
     pos = positions(live)
-    if flat.device.type != "cpu" or len(pos) <= FEW_BITS:
+    if flat.device.type != "cpu":
         return torch.cat([torch.bitwise_right_shift(flat, j).bitwise_and(1).to(torch.uint8) for j in pos])
-    bits = np.unpackbits(flat.contiguous().numpy().view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
+    a = flat.contiguous().numpy().view(np.uint64)
+    if len(pos) <= FEW_BITS:
+        return torch.from_numpy(np.concatenate([((a >> np.uint64(j)) & np.uint64(1)).astype(np.uint8) for j in pos]))
+    bits = np.unpackbits(a.view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
     return torch.from_numpy(np.ascontiguousarray(bits[:, pos].T)).reshape(-1)
 
 
 def _words_from_columns(cols: torch.Tensor, n: int, live: int) -> torch.Tensor:
     """Inverse of _bit_columns for n words: int64 words, zero outside the live bits."""
     pos = positions(live)
-    if cols.device.type != "cpu" or len(pos) <= FEW_BITS:
+    if cols.device.type != "cpu":
         w = torch.zeros(n, dtype=ring.DTYPE, device=cols.device)
         for k, j in enumerate(pos):
             w |= torch.bitwise_left_shift(cols[k * n:(k + 1) * n].to(ring.DTYPE), j)
         return w
+    c = cols.numpy().reshape(len(pos), n)
+    if len(pos) <= FEW_BITS:
+        w = np.zeros(n, dtype=np.uint64)
+        for k, j in enumerate(pos):
+            w |= c[k].astype(np.uint64) << np.uint64(j)
+        return torch.from_numpy(w.view(np.int64))
     full = np.zeros((n, 64), dtype=np.uint8)
-    full[:, pos] = cols.numpy().reshape(len(pos), n).T
+    full[:, pos] = c.T
     return torch.from_numpy(np.packbits(full, axis=1, bitorder="little").view(np.int64).reshape(n).copy())
+
+
+def _aligned(specs) -> bool:
+    """Every packed field fills whole bytes: the fields can be packed one by one (the same bytes as packing the
+    concatenated stream)."""
+    return all(n * bin(live & ALL).count("1") % 8 == 0 for n, live in specs if live & ALL not in (0, ALL))
+
+
+def _by_transpose(flat_or_n, live: int, device) -> bool:
+    """Pack this field with bitpack's 8x8 transposes (CPU, whole groups of 8 words, more than FEW_BITS live)."""
+    return device.type == "cpu" and flat_or_n % 8 == 0 and bin(live).count("1") > FEW_BITS
 
 
 def encode_message(fields: Sequence[tuple]) -> torch.Tensor:
     """Fields `(words int64 tensor, live mask)` -> one uint8 tensor: raw full words first, then packed live bits
     (field by field, live position by position, the bit of every word; 8 bits a byte, little-endian)."""
-    raw, cols = [], []
+    raw, packed = [], []
     for t, live in fields:
         flat = t.reshape(-1)
         if live & ALL == ALL:
             raw.append(flat.contiguous().view(torch.uint8))
         elif live & ALL:
-            cols.append(_bit_columns(flat, live & ALL))
+            packed.append((flat, live & ALL))
     parts = raw
-    if cols:
-        parts = parts + [ring.pack_bits(torch.cat(cols))]
+    if packed and _aligned((f.numel(), live) for f, live in packed):
+        parts = parts + [bitpack.pack_words(f, positions(live)) if _by_transpose(f.numel(), live, f.device)
+                         else ring.pack_bits(_bit_columns(f, live)) for f, live in packed]
+    elif packed:
+        parts = parts + [ring.pack_bits(torch.cat([_bit_columns(f, live) for f, live in packed]))]
     if not parts:
         return torch.zeros(0, dtype=torch.uint8)
     return torch.cat(parts) if len(parts) > 1 else parts[0]
@@ -187,16 +210,24 @@ def decode_message(buf: torch.Tensor, specs: Sequence[tuple], device) -> list[to
             n = torch.Size(shape).numel()
             out[i] = buf[off:off + 8 * n].clone().view(ring.DTYPE).view(shape)
             off += 8 * n
-    nbits = sum(torch.Size(s).numel() * bin(live & ALL).count("1") for s, live in specs if live & ALL != ALL)
-    if nbits:
-        bits = ring.unpack_bits(buf[off:], nbits, dtype=torch.uint8)
+    packed = [(i, torch.Size(shape).numel(), live & ALL) for i, (shape, live) in enumerate(specs)
+              if live & ALL not in (0, ALL)]
+    if packed and _aligned((n, live) for _, n, live in packed):
+        for i, n, live in packed:
+            k = n * bin(live).count("1")
+            chunk = buf[off:off + k // 8]
+            if _by_transpose(n, live, buf.device):
+                out[i] = bitpack.unpack_words(chunk, n, positions(live)).view(specs[i][0])
+            else:
+                bits = ring.unpack_bits(chunk, k, dtype=torch.uint8)
+                out[i] = _words_from_columns(bits, n, live).to(device).view(specs[i][0])
+            off += k // 8
+    elif packed:
+        bits = ring.unpack_bits(buf[off:], sum(n * bin(live).count("1") for _, n, live in packed), dtype=torch.uint8)
         pos = 0
-        for i, (shape, live) in enumerate(specs):
-            if live & ALL == ALL or not live & ALL:
-                continue
-            n = torch.Size(shape).numel()
-            k = n * bin(live & ALL).count("1")
-            out[i] = _words_from_columns(bits[pos:pos + k], n, live & ALL).to(device).view(shape)
+        for i, n, live in packed:
+            k = n * bin(live).count("1")
+            out[i] = _words_from_columns(bits[pos:pos + k], n, live).to(device).view(specs[i][0])
             pos += k
     for i, (shape, live) in enumerate(specs):
         if out[i] is None:  # no live bits at all
@@ -274,8 +305,11 @@ def and_many(pairs: Sequence[tuple], *, party) -> list[BinShares]:
     """
     fields, specs = [], []
     for x, y, live in pairs:
-        z = (x.cur & (y.cur ^ y.prev)) ^ (x.prev & y.cur)
-        z = (z ^ zero_xor_share(z.shape, party=party)) & as_i64(live)
+        z = x.cur & (y.cur ^ y.prev)  # a fresh tensor of the broadcast shape: the rest works in place
+        z ^= x.prev & y.cur
+        z ^= party.prg_next.ring(z.shape, party.device)  # ^ PRG_{i-1,i} below: zero_xor_share, drawn in its order
+        z ^= party.prg_prev.ring(z.shape, party.device)
+        z &= as_i64(live)
         fields.append((z, live))
         specs.append((z.shape, live))
     with party.label("and"):
