@@ -1,6 +1,7 @@
 """Our figures on the tasks of the fastest three-party systems' comparison table, optionally beside an older commit.
 
     python -m benchmarks.peers [--repeats N] [--warmup N] [--tasks a,b] [--vs COMMIT] [--out results/peers]
+    python -m benchmarks.peers --render results/peers.json [--note TEXT]    # rewrite the .md from the .json
 
 Tasks (`TASKS`): LeNet (benchmarks/lenet_cost.py: conv5 1->20, ReLU, pool 2, conv5 20->50, ReLU, pool 2, FC 800->500,
 ReLU, FC 500->10) with average or max pooling, on random 1x28x28 inputs: inference at batch 1 and 64, one training
@@ -248,6 +249,12 @@ def _mib(row) -> str:
     return "/".join(f"{m:.0f}" for m in row["peak_rss_mib_per_party"])
 
 
+def _secs(row) -> str:
+    """median (min-max over repeats)"""
+    r = row["seconds_repeats"]
+    return f"{row['seconds']:.3g}" + (f" ({min(r):.3g}-{max(r):.3g})" if len(r) > 1 else "")
+
+
 def _vs_peer(ours: float, peer: float) -> str:
     return f"{ours / peer:.2f}x {'ok' if ours <= peer else 'over'}"
 
@@ -257,7 +264,7 @@ def peer_table(rows: dict) -> list[str]:
              "(MiB) | time vs peer | comm vs peer |", "|" + "---|" * 9]
     for name, row in rows.items():
         pt, pb = PEERS[name]
-        lines.append(f"| {name} | {pt:g} | {pb / 1e6:g} | {row['seconds']:.3g} | {row['bytes_total'] / 1e6:.3f} | "
+        lines.append(f"| {name} | {pt:g} | {pb / 1e6:g} | {_secs(row)} | {row['bytes_total'] / 1e6:.3f} | "
                      f"{row['rounds']} | {_mib(row)} | {_vs_peer(row['seconds'], pt)} | "
                      f"{_vs_peer(row['bytes_total'], pb)} |")
     return lines
@@ -268,7 +275,7 @@ def vs_table(old: dict, new: dict) -> list[str]:
              "old rounds | new rounds | old/new rounds | old peak RSS (MiB) | new peak RSS (MiB) |", "|" + "---|" * 12]
     for name, n in new.items():
         o = old[name]
-        lines.append(f"| {name} | {o['seconds']:.3g} | {n['seconds']:.3g} | {o['seconds'] / n['seconds']:.2f} | "
+        lines.append(f"| {name} | {_secs(o)} | {_secs(n)} | {o['seconds'] / n['seconds']:.2f} | "
                      f"{o['bytes_total'] / 1e6:.3f} | {n['bytes_total'] / 1e6:.3f} | "
                      f"{o['bytes_total'] / n['bytes_total']:.2f} | {o['rounds']} | {n['rounds']} | "
                      f"{o['rounds'] / n['rounds']:.2f} | {_mib(o)} | {_mib(n)} |")
@@ -311,10 +318,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--vs", default=None, metavar="COMMIT", help="also run COMMIT's secure_lightning, interleaved")
     ap.add_argument("--out", default=os.path.join("results", "peers"), help="output path without extension")
     ap.add_argument("--note", default=None, help="a line added to the Markdown (e.g. the machine's load)")
+    ap.add_argument("--render", default=None, metavar="JSON", help="only rewrite the .md beside a results JSON")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
         return serve()
+    if args.render:
+        src = Path(args.render)
+        result = json.loads(src.read_text())
+        if args.note:
+            result["meta"]["note"] = args.note
+        src.with_suffix(".md").write_text(markdown(result))
+        return result
     names = args.tasks.split(",") if args.tasks else list(TASKS)
     if unknown := [n for n in names if n not in TASKS]:
         raise SystemExit(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
