@@ -23,6 +23,14 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from . import ring
 
 KEY_BYTES = 16  # AES-128
+_ZEROS = bytes(0)  # the all-zero plaintext, grown on demand and never written: CTR encrypts it into the keystream
+
+
+def _zeros(n: int) -> memoryview:
+    global _ZEROS
+    if len(_ZEROS) < n:
+        _ZEROS = bytes(max(n, 2 * len(_ZEROS)))
+    return memoryview(_ZEROS)[:n]
 
 
 class PRG(Protocol):
@@ -41,8 +49,9 @@ class AesCtrPRG:
         self.bytes_drawn = 0
 
     def random_bytes(self, n: int) -> memoryview:
-        out = bytearray(n + 15)  # update_into asks for one block of slack
-        self._enc.update_into(bytes(n), out)
+        # uninitialised output (every byte is written) and a shared zero plaintext: one pass over memory, not three
+        out = torch.empty(n + 15, dtype=torch.uint8).numpy()  # update_into asks for one block of slack
+        self._enc.update_into(_zeros(n), out)
         self.bytes_drawn += n
         return memoryview(out)[:n]
 
