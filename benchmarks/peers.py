@@ -160,19 +160,25 @@ def summarize(runs: list[list[dict]]) -> dict:
 # Sides: this process, or a `--serve` process per side for --vs
 
 class ServeSide:
-    """A `python -m benchmarks.peers --serve` process whose `secure_lightning` comes first from `package_root`
-    (this tree's benchmarks/ and models/ are used by both sides); JSON requests on stdin, one JSON line back."""
+    """A `python -m benchmarks.peers --serve` process whose `secure_lightning` is the one in `package_root` (checked;
+    this tree's benchmarks/ and models/ serve both sides); JSON requests on stdin, one JSON line back."""
 
     TAG = "@peers-result "
 
     def __init__(self, label: str, package_root: Path | None):
         self.label = label
-        path = [str(package_root)] if package_root else []
+        root = Path(package_root or REPO)
+        # `python -m` puts its working directory first on sys.path: run in the package's folder so that its
+        # secure_lightning is the one imported (benchmarks/ and models/ then come from this tree via PYTHONPATH)
         env = dict(os.environ, OMP_NUM_THREADS="1",
-                   PYTHONPATH=os.pathsep.join(path + [str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.peers", "--serve"], cwd=str(REPO), env=env,
+                   PYTHONPATH=os.pathsep.join([str(root), str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")]
+                                                                         if p]))
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.peers", "--serve"], cwd=str(root), env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         self.package = self._ask({"op": "where"})
+        if Path(self.package).resolve() != (root / "secure_lightning").resolve():
+            self.close()
+            raise RuntimeError(f"{label} side imported {self.package}, not {root / 'secure_lightning'}")
 
     def _ask(self, req: dict):
         self.proc.stdin.write(json.dumps(req) + "\n")

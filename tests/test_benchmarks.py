@@ -198,3 +198,14 @@ def test_peers_materializes_an_older_package():
     with peers.materialize("HEAD") as root:
         assert (root / "secure_lightning" / "__init__.py").exists()
         assert not (root / "benchmarks").exists()  # the task code stays this tree's
+
+
+def test_peers_old_side_imports_the_older_package():
+    """--vs: the serving process imports secure_lightning from the extracted commit, not from this tree."""
+    from benchmarks import peers
+    with peers.materialize("HEAD") as root:
+        side = peers.ServeSide("old", root)
+        try:
+            assert side.package == str(root / "secure_lightning")
+        finally:
+            side.close()
