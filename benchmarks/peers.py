@@ -296,7 +296,8 @@ def markdown(result: dict) -> str:
              f"commit {m.get('git_commit')}; {meta['repeats']} repeats (+{meta['warmup']} warm-up) per task; "
              f"load average {meta['load_avg_start']} at the start, {meta['load_avg_end']} at the end.", "",
              "Timed: share the input (and labels) from party 0 + run + open the output to party 0 (or the loss to "
-             "all; matmul: operands shared before the clock, product + opening), slowest party, median over repeats; comm: bytes sent by the three parties together (MB = 10^6 B); rounds: "
+             "all; matmul: operands shared before the clock, product + opening), slowest party, median (min-max) "
+             "over repeats; comm: bytes sent by the three parties together (MB = 10^6 B); rounds: "
              "sequential exchanges; peak RSS: VmHWM of each party process during the timed run. Target: at or below "
              "the best peer on time and comm (ratio ours/peer, `ok` when <= 1). Loopback, parties on 2 shared "
              "cores.", ""] + peer_table(new)
