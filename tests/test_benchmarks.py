@@ -136,3 +136,76 @@ def test_crypten_missing_is_reported(tmp_path):
     from benchmarks.crypten.compare import crypten_status
     ok, why, _ = crypten_status(str(tmp_path / "no-such-python"))
     assert not ok and "setup.sh" in why
+
+
+# ---- benchmarks/peers.py: the comparison with the three-party peers ----------------------------------------------
+
+def _reference_costs(party, n: int) -> dict:
+    """The timed parts of two peers tasks, written out here and measured with party.comm.cost() directly."""
+    import torch
+    import torch.nn.functional as F
+    from benchmarks.lenet_cost import build_lenet
+    from secure_lightning.nn import secure_module
+    from secure_lightning.tensor import reveal_tensor, share_tensor
+    owner, out = party.rank == 0, {}
+    w = share_tensor(torch.rand(n, n) if owner else None, 0, party)
+    x = share_tensor(torch.rand(n, n) if owner else None, 0, party)
+    with party.comm.cost() as c:
+        reveal_tensor(x @ w, to=0)
+    out["matmul-1000"] = (c.bytes, c.rounds)
+    net = build_lenet("max")
+    secure_module(net, party, owner=0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    with party.comm.cost() as c:
+        xs = share_tensor(torch.rand(2, 1, 28, 28) if owner else None, 0, party)
+        ys = share_tensor(F.one_hot(torch.tensor([3, 7]), 10).float() if owner else None, 0, party)
+        opt.zero_grad()
+        loss = F.cross_entropy(net(xs), ys)
+        reveal_tensor(loss.detach())
+        loss.backward()
+        opt.step()
+    out["lenet-max-train-b64"] = (c.bytes, c.rounds)
+    return out
+
+
+def test_peers_tasks_report_the_comm_cost_figures(parties, tmp_path):
+    """One repeat of the matmul (8x8) and of the LeNet-max training step (batch 2) through the command's core: bytes
+    (total and per party) and rounds are exactly what party.comm.cost() gives for the same operations."""
+    from benchmarks import peers
+    from tests import test_benchmarks as this
+    runner = peers.TaskRunner(pool=parties, timeout=240)
+    res = peers.measure(["matmul-1000", "lenet-max-train-b64"], [runner], repeats=1, warmup=0, size=None,
+                        log=lambda *a: None, sizes={"matmul-1000": 8, "lenet-max-train-b64": 2})
+    ref = parties.run(this._reference_costs, 8)
+    for name, row in res["new"].items():
+        assert row["bytes_per_party"] == [r[name][0] for r in ref]
+        assert row["bytes_total"] == sum(r[name][0] for r in ref)
+        assert row["rounds"] == ref[0][name][1] == ref[1][name][1] == ref[2][name][1]
+        assert row["seconds"] > 0 and len(row["seconds_repeats"]) == 1 and not row["cost_varies"]
+        assert all(m > 0 for m in row["peak_rss_mib_per_party"])
+    result = {"meta": {"repeats": 1, "warmup": 0, "vs": "HEAD", "machine": machine_stub(), "load_avg_start": 0,
+                       "load_avg_end": 0}, "sides": {"new": res["new"], "old": res["new"]}}
+    md = peers.markdown(result)
+    assert "| matmul-1000 | 0.98 | 52 |" in md and "old/new time" in md and "| 1.00 |" in md
+
+
+def machine_stub():
+    return {"cpu": "cpu", "cores_usable": 2, "memory_gib": 1, "torch": "x", "git_commit": "abc"}
+
+
+def test_peers_materializes_an_older_package():
+    from benchmarks import peers
+    with peers.materialize("HEAD") as root:
+        assert (root / "secure_lightning" / "__init__.py").exists()
+        assert not (root / "benchmarks").exists()  # the task code stays this tree's
+
+
+def test_peers_old_side_imports_the_older_package():
+    """--vs: the serving process imports secure_lightning from the extracted commit, not from this tree."""
+    from benchmarks import peers
+    with peers.materialize("HEAD") as root:
+        side = peers.ServeSide("old", root)
+        try:
+            assert side.package == str(root / "secure_lightning")
+        finally:
+            side.close()

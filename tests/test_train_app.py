@@ -121,6 +121,7 @@ def test_private_smoke_rss3pc(tmp_path):
     assert isinstance(metrics["test/acc"], float) and 0.0 <= metrics["test/acc"] <= 1.0
     assert metrics["comm/fit/bytes"] > 0 and metrics["comm/fit/rounds"] > 0 and metrics["comm/test/bytes"] > 0
     assert "communication (fit, party 0 sent)" in r.stdout
+    assert "s per training step" in r.stdout  # the time estimate, printed by party 0 (models/callbacks.py)
     import csv  # the training and validation curve survive the test call on the same Trainer
     with open(tmp_path / "csv" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))

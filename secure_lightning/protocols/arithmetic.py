@@ -16,7 +16,7 @@ import math
 import torch
 
 from .. import gemm, ring
-from . import guard
+from . import conv_live, guard
 from .sharing import Shares, reshare, zero_share
 
 OFFSET_BITS = 62  # truncation is exact for |x| < 2^62 (signed ring value)
@@ -140,13 +140,14 @@ def matmul(x: Shares, y: Shares, *, party, fixed: bool = True, force_limbs: bool
 
 def conv2d(x: Shares, w: Shares, stride=1, padding=0, dilation=1, groups: int = 1, *, party,
            fixed: bool = True, force_limbs: bool = False, extra_bits: int = 0) -> Shares:
-    """F.conv2d(x, w) on shares (bias: add it after, it is linear). Padding may be an int, tuple, 'same' or 'valid'.
-    extra_bits: as matmul.
+    """F.conv2d(x, w) on shares (bias: add it after, it is linear). Padding may be an int, (ph, pw), (left, right,
+    top, bottom) as in F.pad (negative crops), 'same' or 'valid'. The local products skip what padding makes zero
+    (conv_live; same result as gemm.conv2d). extra_bits: as matmul.
 
     Cost: as mul, per output element: fixed: 3 rounds, 2 ring elements per output element per party.
     """
     def op(a, b):
-        return gemm.conv2d(a, b, stride, padding, dilation, groups, force_limbs)
+        return conv_live.conv2d(a, b, stride, padding, dilation, groups, force_limbs)
     return _finish(product_additive(x, w, op), fixed, "conv2d", party=party, extra_bits=extra_bits)
 
 

@@ -16,7 +16,6 @@ gemm.py on every device):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..protocols import arithmetic as A
 from ..protocols.sharing import Shares
@@ -133,10 +132,11 @@ def conv2d_input_grad(g: Shares, w: Shares, in_hw, stride, padding, dilation, gr
     top, left = dh * (kh - 1) - ph, dw * (kw - 1) - pw
     bottom = H - (ho - 1) * sh - 1 + ph
     right = W - (wo - 1) * sw - 1 + pw
-    gd = g.map(lambda t: F.pad(dilate(t), (left, right, top, bottom)))
     wt = w.map(lambda t: t.reshape(G, cout // G, cig, kh, kw).transpose(1, 2)
                .reshape(G * cig, cout // G, kh, kw).flip(-1, -2))
-    return A.conv2d(gd, wt, 1, 0, (dh, dw), G, party=party, extra_bits=extra_bits)
+    # the padding is passed on, not applied: the conv skips the taps and outputs that see only padding
+    return A.conv2d(g.map(dilate), wt, 1, (left, right, top, bottom), (dh, dw), G, party=party,
+                    extra_bits=extra_bits)
 
 
 def conv2d_weight_grad(x: Shares, g: Shares, w_shape, stride, padding, dilation, groups, *, party,
@@ -145,19 +145,19 @@ def conv2d_weight_grad(x: Shares, g: Shares, w_shape, stride, padding, dilation,
     (Cout, Cin/G, kh, kw) output: 3 rounds, 16 bytes per weight element."""
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     cout, cig, kh, kw = w_shape
-    n, cin, _, _ = x.shape
+    n, cin, H, W = x.shape
     _, _, ho, wo = g.shape
     G = groups
     hn, wn = (ho - 1) * sh + dh * (kh - 1) + 1, (wo - 1) * sw + dw * (kw - 1) + 1
+    pads = (pw, wn - W - pw, ph, hn - H - ph)  # the forward's padding, cropped to the rows and columns it reads
 
     def prep_x(t):
-        t = F.pad(t, (pw, pw, ph, ph))[..., :hn, :wn]
-        return t.reshape(n, G, cig, hn, wn).permute(2, 1, 0, 3, 4).reshape(cig, G * n, hn, wn)
+        return t.reshape(n, G, cig, H, W).permute(2, 1, 0, 3, 4).reshape(cig, G * n, H, W)
 
     def prep_g(t):
         return t.reshape(n, G, cout // G, ho, wo).permute(1, 2, 0, 3, 4).reshape(cout, n, ho, wo)
 
-    gw = A.conv2d(x.map(prep_x), g.map(prep_g), (dh, dw), 0, (sh, sw), G, party=party, extra_bits=extra_bits)
+    gw = A.conv2d(x.map(prep_x), g.map(prep_g), (dh, dw), pads, (sh, sw), G, party=party, extra_bits=extra_bits)
     return gw.map(lambda t: t.transpose(0, 1).contiguous())
 
 
