@@ -53,6 +53,7 @@ class PartyOutput:
     fit_loop: Optional[dict] = None
     checkpoint_callbacks: list = field(default_factory=list)
     weights: Optional[dict] = None  # the opened weights, in their recipient only
+    peak_rss_mib: Optional[float] = None  # the party process's peak resident set (VmHWM), torch runtime included
 
 
 class PartyFailedError(RuntimeError):
