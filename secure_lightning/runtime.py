@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from .comm import Communicator
 from .encoding import FixedPoint
+from .memory import release_freed_memory
 from .party import Party
 
 DEFAULT_TIMEOUT = float(os.environ.get("SECURE_LIGHTNING_TIMEOUT", 120))
@@ -40,7 +41,11 @@ def default_backend() -> str:
 def init_party(rank: int, master_addr: str, master_port: int, *, backend: str | None = None,
                timeout: float = DEFAULT_TIMEOUT, encoding: FixedPoint = FixedPoint(), device=None,
                insecure_fast_prg: bool = False, threads: int | None = 1) -> Party:
-    """Join the 3-party process group and run key agreement. Returns this process's Party."""
+    """Join the 3-party process group and run key agreement. Returns this process's Party.
+
+    Also fixes the allocator's mmap threshold (secure_lightning.memory), so that freed share tensors leave the
+    resident set."""
+    release_freed_memory()
     if threads:
         torch.set_num_threads(threads)
     backend = backend or default_backend()
