@@ -135,43 +135,61 @@ def message_nbytes(specs: Sequence[tuple]) -> int:
 
 
 FEW_BITS = 4  # up to this many live bits a word, shifts beat converting every word to its 64 bits (numpy)
+BLOCK = 1 << 16  # words converted per numpy call: the (words x 64) unpacked bits stay at 4 MiB
 
 
-def _bit_columns(flat: torch.Tensor, live: int) -> torch.Tensor:
-    """The live bits of int64 words as uint8 0/1, position-major: bit j of every word, for each live j ascending."""
+def _bit_columns_into(flat: torch.Tensor, live: int, out: torch.Tensor) -> None:
+    """Write the live bits of int64 words as uint8 0/1 into out (k live positions x n words): row k is bit pos[k]
+    of every word. Working memory: one block of BLOCK words unpacked, besides out."""
     pos = positions(live)
     if flat.device.type != "cpu" or len(pos) <= FEW_BITS:
-        return torch.cat([torch.bitwise_right_shift(flat, j).bitwise_and(1).to(torch.uint8) for j in pos])
-    bits = np.unpackbits(flat.contiguous().numpy().view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
-    return torch.from_numpy(np.ascontiguousarray(bits[:, pos].T)).reshape(-1)
+        for k, j in enumerate(pos):
+            out[k] = torch.bitwise_right_shift(flat, j).bitwise_and(1).to(torch.uint8)
+        return
+    words = flat.contiguous().numpy().view(np.uint8).reshape(-1, 8)
+    dst = out.numpy()
+    for a in range(0, flat.numel(), BLOCK):
+        bits = np.unpackbits(words[a:a + BLOCK], axis=1, bitorder="little")
+        dst[:, a:a + BLOCK] = bits[:, pos].T
 
 
 def _words_from_columns(cols: torch.Tensor, n: int, live: int) -> torch.Tensor:
-    """Inverse of _bit_columns for n words: int64 words, zero outside the live bits."""
+    """Inverse of _bit_columns_into for n words: int64 words, zero outside the live bits."""
     pos = positions(live)
     if cols.device.type != "cpu" or len(pos) <= FEW_BITS:
         w = torch.zeros(n, dtype=ring.DTYPE, device=cols.device)
         for k, j in enumerate(pos):
             w |= torch.bitwise_left_shift(cols[k * n:(k + 1) * n].to(ring.DTYPE), j)
         return w
-    full = np.zeros((n, 64), dtype=np.uint8)
-    full[:, pos] = cols.numpy().reshape(len(pos), n).T
-    return torch.from_numpy(np.packbits(full, axis=1, bitorder="little").view(np.int64).reshape(n).copy())
+    src = cols.numpy().reshape(len(pos), n)
+    w = np.empty(n, dtype=np.int64)
+    full = np.zeros((min(n, BLOCK), 64), dtype=np.uint8)
+    for a in range(0, n, BLOCK):
+        b = min(a + BLOCK, n)
+        full[:b - a, pos] = src[:, a:b].T
+        w[a:b] = np.packbits(full[:b - a], axis=1, bitorder="little").view(np.int64).reshape(b - a)
+    return torch.from_numpy(w)
 
 
 def encode_message(fields: Sequence[tuple]) -> torch.Tensor:
     """Fields `(words int64 tensor, live mask)` -> one uint8 tensor: raw full words first, then packed live bits
     (field by field, live position by position, the bit of every word; 8 bits a byte, little-endian)."""
-    raw, cols = [], []
+    raw, partial = [], []
     for t, live in fields:
         flat = t.reshape(-1)
         if live & ALL == ALL:
             raw.append(flat.contiguous().view(torch.uint8))
         elif live & ALL:
-            cols.append(_bit_columns(flat, live & ALL))
+            partial.append((flat, live & ALL, bin(live & ALL).count("1")))
     parts = raw
-    if cols:
-        parts = parts + [ring.pack_bits(torch.cat(cols))]
+    if partial:
+        cols = torch.empty(sum(f.numel() * k for f, _, k in partial), dtype=torch.uint8, device=partial[0][0].device)
+        off = 0
+        for flat, live, k in partial:
+            _bit_columns_into(flat, live, cols[off:off + k * flat.numel()].view(k, flat.numel()))
+            off += k * flat.numel()
+        parts = parts + [ring.pack_bits(cols)]
+        del cols
     if not parts:
         return torch.zeros(0, dtype=torch.uint8)
     return torch.cat(parts) if len(parts) > 1 else parts[0]
