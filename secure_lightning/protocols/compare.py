@@ -91,7 +91,7 @@ def ltz(x: Shares, *, party, sender: int | None = None) -> Shares:
     """[x < 0] as an arithmetic 0/1 bit (exact for every ring value; x read as signed).
 
     Cost: 8 rounds (msb 7 + b2a 1). Single sender: S(n) + T(n) + 16 n bytes, others H(n) + T(n) + 8 n.
-    Balanced (n = 3 m): Sb(n) + T(n) + 32 m bytes each.
+    Balanced (n = 3 m): Sb(n) + T(n) + 32 m bytes each. n > convert.CHUNK: 8 rounds per slice, same bytes.
     Error: none (exact for every ring value).
     """
     with party.label("ltz"):
@@ -165,6 +165,8 @@ def relu(x: Shares, *, party, sender: int | None = None) -> tuple[Shares, Shares
     of one inject round. relu(x) is exact (no truncation): the encoded value of max(x, 0).
     Cost: 8 rounds (msb 7 + inject 1). Single sender: S(n) + T(n) + 32 n bytes, others H(n) + T(n) + 16 n
     (~78.8 / 38.9 bytes per element). Balanced (default, n = 3 m): Sb(n) + T(n) + 64 m each (~52.2 n).
+    n > convert.CHUNK: slices of CHUNK elements, 8 rounds each (ceil(n / CHUNK) x 8), same bytes; working memory
+    ~185 bytes per slice element besides the outputs.
     Error: none (relu(x) is the exact encoded max(x, 0); the bit is exact for every x except -2^63).
     """
     with party.label("relu"):
@@ -401,7 +403,7 @@ def max_pool2d(x: Shares, kernel_size, stride=None, padding=0, dilation=1, ceil_
 
     Windows are gathered locally (padding = the public PAD_NEG, below every in-range value), then max over the
     K = kh * kw window elements with the comparison tree of `max`: ceil(log2 K) levels of 8 rounds, values exact.
-    Cost: as `max` with R = N C OH OW rows of n = K values (e.g. 2x2: 16 rounds).
+    Cost: as `max` with R = N C OH OW rows of n = K values (e.g. 2x2: 16 rounds per slice of rows, see _max_last).
     Range: |x| < 2^62 raw.
     """
     geo = pool_geometry(tuple(x.shape), kernel_size, stride, padding, dilation, ceil_mode, op="max_pool2d")
