@@ -7,6 +7,12 @@ modulo 2^64. All 10 products run as one batched matmul (or one grouped conv), ar
 inner dimension (k, or C_in/groups * kh * kw) is below 2^21: larger ones raise.
 
 `force_limbs=True` selects the limb path on any device, so its exactness is tested on the CPU.
+
+Memory: torch's CPU int64 convolution unfolds its whole input (im2col: N x C/G kh kw x OH OW words) before one GEMM;
+the gradient convolutions of a training step (zero-dilated, padded inputs) can make that buffer hundreds of MB.
+conv2d therefore runs the CPU path on batch slices whose unfolded size is at most IM2COL_WORDS words (one sample at a
+time when even one is larger, then input-channel slices summed, groups = 1). Slicing is exact (the ring sums are
+the same) and local: no communication, no rounds.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import torch.nn.functional as F
 LIMB_BITS = 16
 N_LIMBS = 4
 MAX_INNER = 1 << 21
+IM2COL_WORDS = 1 << 21  # at most this many int64 words (16 MiB) of unfolded input per CPU convolution call
 _PAIRS = [(i, j) for i in range(N_LIMBS) for j in range(N_LIMBS) if i + j < N_LIMBS]  # 10 pairs
 
 
@@ -65,11 +72,39 @@ def matmul(a: torch.Tensor, b: torch.Tensor, force_limbs: bool = False) -> torch
     return _combine(prods)
 
 
+def _conv2d_cpu_sliced(x, w, stride, padding, dilation, groups):
+    """F.conv2d in batch slices (or input-channel slices, summed) of at most IM2COL_WORDS unfolded words."""
+    def conv(a, b):
+        return F.conv2d(a, b, None, stride, padding, dilation, groups)
+    if x.dim() != 4 or isinstance(padding, str):
+        return conv(x, w)
+    n = x.shape[0]
+    kh, kw = w.shape[-2:]
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+    oh = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    per_channel = max(kh * kw * oh * ow, 1)
+    per_sample = per_channel * (x.shape[1] // groups)
+    if n * per_sample <= IM2COL_WORDS:
+        return conv(x, w)
+    if per_sample <= IM2COL_WORDS or groups != 1:
+        step = max(1, IM2COL_WORDS // per_sample)
+        return torch.cat([conv(x[i:i + step], w) for i in range(0, n, step)])
+    step = max(1, IM2COL_WORDS // per_channel)
+    out = None
+    for c in range(0, x.shape[1], step):
+        y = torch.cat([conv(x[i:i + 1, c:c + step], w[:, c:c + step]) for i in range(n)])
+        out = y if out is None else out.add_(y)
+    return out
+
+
 def conv2d(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation=1, groups: int = 1,
            force_limbs: bool = False) -> torch.Tensor:
     """F.conv2d over Z_2^64 (no bias). On the limb path the 10 pairs run as one grouped convolution."""
     if not use_limbs(x, w, force=force_limbs):
-        return F.conv2d(x, w, None, stride, padding, dilation, groups)
+        return _conv2d_cpu_sliced(x, w, stride, padding, dilation, groups)
     _check_inner(w.shape[1] * w.shape[2] * w.shape[3], "conv2d")
     unbatched = x.dim() == 3
     if unbatched:

@@ -60,6 +60,7 @@ class PartyOutput:
     module_attrs: dict = field(default_factory=dict)    # the LightningModule's plain-valued public attributes
     optimizers: list = field(default_factory=list)      # per optimizer: its param_groups' hyperparameters
     schedulers: list = field(default_factory=list)      # per LR scheduler: its state_dict (public: steps, lrs)
+    peak_rss_mib: Optional[float] = None  # the party process's peak resident set (VmHWM), torch runtime included
 
 
 class PartyFailedError(RuntimeError):

@@ -37,7 +37,8 @@ def party_output(strategy, trainer: "pl.Trainer", results) -> PartyOutput:
                       callback_metrics=apply_to_collection(dict(trainer.callback_metrics), Tensor, to_cpu),
                       openings=list(strategy.ledger.records),
                       audit=list(party.audit.records) if party is not None else [],
-                      unaccounted=strategy.unaccounted_openings(), comm=comm_totals(party))
+                      unaccounted=strategy.unaccounted_openings(), comm=comm_totals(party),
+                      peak_rss_mib=peak_rss_mib())
     out.logged_metrics = _plain_metrics(trainer.logged_metrics)
     out.progress_bar_metrics = _plain_metrics(trainer.progress_bar_metrics)
     out.callbacks = [{"type": type(cb).__qualname__, "state": _plain_or_none(_state_dict(cb)),
@@ -53,6 +54,25 @@ def party_output(strategy, trainer: "pl.Trainer", results) -> PartyOutput:
         if strategy._weights_revealed:
             out.weights = {k: v.detach().cpu() for k, v in trainer.lightning_module.state_dict().items()}
     return out
+
+
+def peak_rss_mib() -> Optional[float]:
+    """This process's peak resident set in MiB since it started: VmHWM on Linux (torch runtime, model, shares and
+    every step included), else the rusage maximum; None where neither exists."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        import resource
+        import sys
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2 ** 20 if sys.platform == "darwin" else rss / 1024
+    except (ImportError, OSError):
+        return None
 
 
 def comm_totals(party) -> Optional[dict]:
@@ -184,6 +204,7 @@ def restore_outputs(strategy, trainer: "pl.Trainer", outs: list) -> Any:
     strategy._party_audits = {o.rank: o.audit for o in outs}
     strategy._party_unaccounted = main.unaccounted
     strategy._party_comm = {o.rank: o.comm for o in outs}
+    strategy._party_peak_rss = {o.rank: o.peak_rss_mib for o in outs}
     if trainer.state.fn == TrainerFn.FITTING:
         owner = strategy.policy.recipient("weights")
         src = outs[owner] if isinstance(owner, int) else outs[strategy.model_owner]

@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from .comm import Communicator
 from .encoding import FixedPoint
+from .memory import release_freed_memory
 from .party import Party
 from .transport import SocketMesh
 
@@ -44,7 +45,10 @@ def init_party(rank: int, master_addr: str, master_port: int, *, backend: str | 
     """Join the 3-party process group and run key agreement. Returns this process's Party.
 
     `transport`: "socket" (direct TCP connections between the parties, secure_lightning.transport; the default on
-    CPU) or "dist" (isend/irecv on the torch.distributed group; the default, and the only choice, with NCCL)."""
+    CPU) or "dist" (isend/irecv on the torch.distributed group; the default, and the only choice, with NCCL).
+    Also fixes the allocator's mmap threshold (secure_lightning.memory), so that freed share tensors leave the
+    resident set."""
+    release_freed_memory()
     if threads:
         torch.set_num_threads(threads)
     backend = backend or default_backend()

@@ -488,6 +488,12 @@ class RSS3PC(ParallelStrategy):
         self._spawned_as = (rank, addr, port)
 
     @property
+    def peak_memory_mib(self) -> dict:
+        """In the launching process, after a stage run by spawned parties: {party: its process's peak resident set in
+        MiB} (VmHWM: the torch runtime included). Empty before any stage ran."""
+        return dict(getattr(self, "_party_peak_rss", {}))
+
+    @property
     def party_audits(self) -> dict:
         """In the launching process: {party: its party.audit records} from the last run."""
         return dict(self._party_audits)

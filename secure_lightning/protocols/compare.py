@@ -27,6 +27,10 @@ Cost notation (bytes sent by ONE party; n elements; ceil packing of bit messages
   max_pool2d_backward              1        8 R K (every party)
   avg_pool2d, adaptive_avg_pool2d  3        16 per output element (one truncation)
   their backward                   3        16 per grad_out element
+
+Large inputs run in slices (convert.chunked, convert.CHUNK = 196,608 elements; max trees in row slices of at most
+that many elements): the working set is bounded by one slice, the rounds above are multiplied by the number of
+slices, ceil(n / CHUNK) (eq: ceil(2n / CHUNK), max: ceil(R / rows per slice)), and the bytes stay as above.
 """
 from __future__ import annotations
 
@@ -41,7 +45,8 @@ import torch.nn.functional as F
 from .. import gemm, ring
 from . import binary as B
 from .arithmetic import mul, mul_public_real
-from .convert import inject, msb
+from . import convert
+from .convert import chunked, inject, msb
 from .sharing import Shares, add_public
 
 PAD_NEG = -(1 << 62)  # "minus infinity" for max pooling: below every value in the documented range |x| < 2^62
@@ -88,12 +93,17 @@ def ltz(x: Shares, *, party, sender: int | None = None) -> Shares:
     """[x < 0] as an arithmetic 0/1 bit (exact for every ring value; x read as signed).
 
     Cost: 8 rounds (msb 7 + b2a 1). Single sender: S(n) + T(n) + 16 n bytes, others H(n) + T(n) + 8 n.
-    Balanced (n = 3 m): Sb(n) + T(n) + 32 m bytes each.
+    Balanced (n = 3 m): Sb(n) + T(n) + 32 m bytes each. n > convert.CHUNK: 8 rounds per slice, same bytes.
     Error: none (exact for every ring value).
     """
     with party.label("ltz"):
         flat = x.map(lambda t: t.reshape(-1))
-        bit = inject(msb(flat, party=party, sender=sender), [None], party=party, sender=sender)[0]
+
+        def one(lo, hi):
+            part = flat.map(lambda t: t[lo:hi])
+            return inject(msb(part, party=party, sender=sender), [None], party=party, sender=sender)
+
+        bit = chunked(flat.cur.numel(), convert.CHUNK, one)[0]
         return bit.map(lambda t: t.view(x.shape))
 
 
@@ -124,13 +134,21 @@ def eq(x: Shares, y, *, party, sender: int | None = None) -> Shares:
     """[x == y] = 1 - [x < y] - [y < x], both signs in the same rounds.
 
     Cost: 8 rounds; as ltz on 2 n elements (single sender: S(2n) + T(2n) + 32 n, others H(2n) + T(2n) + 16 n).
+    Large n: slices of CHUNK / 2 elements (CHUNK comparisons each), 8 rounds per slice.
     """
     with party.label("eq"):
         d = _diff(x, y, party=party)
-        both = Shares(torch.stack([d.cur, -d.cur]).reshape(-1), torch.stack([d.prev, -d.prev]).reshape(-1))
-        bits = inject(msb(both, party=party, sender=sender), [None], party=party, sender=sender)[0]
-        bits = bits.map(lambda t: t.view((2,) + tuple(d.shape)))
-        return _one_minus(Shares(bits.cur[0] + bits.cur[1], bits.prev[0] + bits.prev[1]), party=party)
+        shape = d.shape
+        d = d.map(lambda t: t.reshape(-1))
+
+        def one(lo, hi):  # slices of CHUNK / 2 elements: 2 (hi - lo) comparisons each
+            both = Shares(*(torch.stack([t[lo:hi], -t[lo:hi]]).reshape(-1) for t in d))
+            bits = inject(msb(both, party=party, sender=sender), [None], party=party, sender=sender)[0]
+            bits = bits.map(lambda t: t.view(2, hi - lo))
+            return [Shares(bits.cur[0] + bits.cur[1], bits.prev[0] + bits.prev[1])]
+
+        both = chunked(d.cur.numel(), convert.CHUNK // 2, one)[0]
+        return _one_minus(both.map(lambda t: t.view(shape)), party=party)
 
 
 def mux(bit: Shares, a: Shares, b: Shares, *, party) -> Shares:
@@ -149,13 +167,20 @@ def relu(x: Shares, *, party, sender: int | None = None) -> tuple[Shares, Shares
     of one inject round. relu(x) is exact (no truncation): the encoded value of max(x, 0).
     Cost: 8 rounds (msb 7 + inject 1). Single sender: S(n) + T(n) + 32 n bytes, others H(n) + T(n) + 16 n
     (~78.8 / 38.9 bytes per element). Balanced (default, n = 3 m): Sb(n) + T(n) + 64 m each (~52.2 n).
+    n > convert.CHUNK: slices of CHUNK elements, 8 rounds each (ceil(n / CHUNK) x 8), same bytes; working memory
+    ~185 bytes per slice element besides the outputs.
     Error: none (relu(x) is the exact encoded max(x, 0); the bit is exact for every x except -2^63).
     """
     with party.label("relu"):
         flat = x.map(lambda t: t.reshape(-1))
-        minus1 = add_public(flat, torch.full((), -1, dtype=ring.DTYPE, device=x.cur.device), party=party)
-        pos = B.not_(msb(minus1, party=party, sender=sender), party=party, live=1)
-        bit, y = inject(pos, [None, flat], party=party, sender=sender)
+        minus1 = torch.full((), -1, dtype=ring.DTYPE, device=x.cur.device)
+
+        def one(lo, hi):
+            part = flat.map(lambda t: t[lo:hi])
+            pos = B.not_(msb(add_public(part, minus1, party=party), party=party, sender=sender), party=party, live=1)
+            return inject(pos, [None, part], party=party, sender=sender)
+
+        bit, y = chunked(flat.cur.numel(), convert.CHUNK, one)
         return y.map(lambda t: t.view(x.shape)), bit.map(lambda t: t.view(x.shape))
 
 
@@ -169,7 +194,20 @@ def relu_backward(grad: Shares, drelu_bit: Shares, *, party) -> Shares:
 # Max / argmax
 
 def _max_last(x: Shares, *, party, sender: int | None = None) -> tuple[Shares, Shares]:
-    """Max over the last dimension by a pairwise tree: (values (...), onehot (..., n)).
+    """Max over the last dimension by a pairwise tree (_max_rows) on slices of rows: a multiple of 24 rows of at
+    most convert.CHUNK elements in all (at least 24 rows), so the bytes are those of one tree over all rows."""
+    n = x.shape[-1]
+    if n == 0:
+        raise ValueError("max over an empty dimension")
+    x2 = x.map(lambda t: t.reshape(-1, n))
+    rows = builtins.max(24, convert.CHUNK // n // 24 * 24)
+    vals, oh = chunked(x2.shape[0], rows, lambda lo, hi: _max_rows(x2.map(lambda t: t[lo:hi]), party=party,
+                                                                   sender=sender))
+    return vals.map(lambda t: t.view(x.shape[:-1])), oh.map(lambda t: t.view(x.shape))
+
+
+def _max_rows(x: Shares, *, party, sender: int | None = None) -> tuple[Shares, Shares]:
+    """Max over the last dimension of (R, n) rows by a pairwise tree: (values (R,), onehot (R, n)).
 
     Level: candidates (0,1), (2,3), ... are compared (an odd last one is carried); bit = [a >= b] (ties keep the
     lower index, so the onehot has exactly one 1: the first maximum, as torch.argmax); new = b + bit (a - b). Every
@@ -367,7 +405,7 @@ def max_pool2d(x: Shares, kernel_size, stride=None, padding=0, dilation=1, ceil_
 
     Windows are gathered locally (padding = the public PAD_NEG, below every in-range value), then max over the
     K = kh * kw window elements with the comparison tree of `max`: ceil(log2 K) levels of 8 rounds, values exact.
-    Cost: as `max` with R = N C OH OW rows of n = K values (e.g. 2x2: 16 rounds).
+    Cost: as `max` with R = N C OH OW rows of n = K values (e.g. 2x2: 16 rounds per slice of rows, see _max_last).
     Range: |x| < 2^62 raw.
     """
     geo = pool_geometry(tuple(x.shape), kernel_size, stride, padding, dilation, ceil_mode, op="max_pool2d")

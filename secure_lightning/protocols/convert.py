@@ -22,10 +22,36 @@ from .binary import BinShares
 from .sharing import Shares
 
 G_LIVE = B.mask_range(0, 63)  # generate bits 0..62 feed the carries into bits 1..63
+CHUNK = 3 << 16  # elements per slice of a large comparison circuit (196,608: a multiple of 24, see `chunked`)
 
 
 def _roles(sender: int):
     return sender % 3, (sender + 1) % 3, (sender - 1) % 3
+
+
+def chunked(n: int, step: int, fn) -> list:
+    """Run fn(lo, hi) -> [Shares whose dim 0 has hi - lo entries] on consecutive slices [lo, hi) of range(n) of
+    `step` entries, one slice after the other, each result written into a preallocated output. n <= step: fn(0, n).
+
+    Memory: the working set of a comparison circuit (~400 bytes per element: the split's masks, the carry tree's
+    words, the unpacked bits of each message) is that of one slice, plus the outputs. Cost: fn's rounds once per
+    slice (ceil(n / step) times); bytes unchanged when every slice's element count is a multiple of 24 (then each
+    slice's balanced thirds are multiples of 8 and its packed bit fields fill whole bytes, so the per-party sums of
+    the slices equal the unsliced totals).
+    """
+    if n <= step:
+        return fn(0, n)
+    outs = None
+    for lo in range(0, n, step):
+        hi = min(lo + step, n)
+        res = fn(lo, hi)
+        if outs is None:
+            outs = [Shares(*(torch.empty((n,) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device) for t in r))
+                    for r in res]
+        for o, r in zip(outs, res):
+            o.cur[lo:hi], o.prev[lo:hi] = r.cur, r.prev
+        del res
+    return outs
 
 
 # ---------------------------------------------------------------------------------------------------------------------
