@@ -46,12 +46,12 @@ REVERT: dict = {v: k for k, v in SWAP.items()}
 SUPPORTED: tuple = (
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.Flatten, nn.Unflatten, nn.Identity, nn.Sequential, nn.ModuleList,
     nn.ModuleDict, nn.ParameterList, nn.ParameterDict, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.MSELoss,
-    nn.Sigmoid, nn.Tanh,
+    nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh,
 )
 
 ADVICE: dict = {
-    nn.GELU: "use nn.ReLU", nn.SiLU: "use nn.ReLU", nn.ELU: "use nn.ReLU", nn.LeakyReLU: "use nn.ReLU",
-    nn.ReLU6: "use nn.ReLU", nn.Hardswish: "use nn.ReLU", nn.Hardtanh: "use nn.ReLU", nn.Softplus: "use nn.ReLU",
+    nn.GELU: "use nn.ReLU", nn.SiLU: "use nn.ReLU", nn.ELU: "use nn.ReLU or nn.LeakyReLU",
+    nn.Hardswish: "use nn.ReLU or nn.Hardtanh", nn.Softplus: "use nn.ReLU",
     nn.Mish: "use nn.ReLU", nn.PReLU: "use nn.ReLU",
     nn.LayerNorm: "use nn.BatchNorm1d/2d", nn.GroupNorm: "use nn.BatchNorm2d", nn.InstanceNorm2d: "use nn.BatchNorm2d",
     nn.BatchNorm3d: "use 2-D layers (nn.BatchNorm2d)", nn.SyncBatchNorm: "use nn.BatchNorm2d",

@@ -275,7 +275,7 @@ advise([aten.native_batch_norm, aten._native_batch_norm_legit, aten._native_batc
        "call F.batch_norm / nn.BatchNorm2d on the SharedTensor (intercepted before aten, with approx.rsqrt)")
 advise([aten.native_dropout, aten.bernoulli, aten.native_dropout_backward],
        "call F.dropout / nn.Dropout on the SharedTensor (the mask comes from party.prg_common)")
-advise([aten.native_layer_norm, aten.gelu, aten.silu, aten.hardtanh, aten.leaky_relu, aten.elu, aten.softplus,
+advise([aten.native_layer_norm, aten.gelu, aten.silu, aten.elu, aten.softplus,
         aten.log_sigmoid],
        "this activation/normalization has no secure implementation; use ReLU (F.relu), sigmoid/tanh "
        "(approximations) or BatchNorm instead")

@@ -1,0 +1,112 @@
+"""Ops users reach for (clamp/clip, hardtanh/relu6, leaky_relu, abs, sign, ...): values and gradients against float64
+torch (tests/test_tensor.py's `check`), exact communication costs, and unsupported ops failing in the forward pass.
+
+Tolerances: the piecewise ops are exact on the encoded values (the encoded max/min, bits from an exact comparison),
+so their only error is the input's encoding (0.5 ulp) and the products around them in `check` (loss = sum(y * v)
+with a secret v: one truncation, 1 ulp, plus 0.5 ulp times |v| ~ 3). 8 ulp covers that; leaky_relu adds one
+truncation of slope * min(x, 0) in both passes (1 ulp more), same bound. Inputs avoid the kinks by more than 2^-10,
+where torch's gradient convention at ties (clamp: inclusive bounds; abs: 0 at 0) may differ from the bits'.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tests.test_tensor import ULP, _share, check
+
+ATOL_EXACT = 8 * ULP
+
+
+def _nb(bits):
+    return (bits + 7) // 8
+
+
+def T(n):
+    """msb's AND tree, bytes per party for n elements (protocols/compare.py)."""
+    return sum(_nb(b * n) for b in (63, 31, 15, 7, 3, 1))
+
+
+def relu_bytes(n):
+    """compare.relu on n = 3 m elements, balanced: bytes per party (protocols/compare.py's cost table)."""
+    m = n // 3
+    return 2 * (8 * m + _nb(126 * m)) + T(n) + 64 * m
+
+
+def ltz_bytes(n):
+    m = n // 3
+    return 2 * (8 * m + _nb(126 * m)) + T(n) + 32 * m
+
+
+def _away_from(x, points, gap=2.0 ** -10):
+    """Move entries of x that lie within gap of a kink out of the way (torch's tie conventions differ)."""
+    for p in points:
+        near = (x - p).abs() < gap
+        x = torch.where(near, x + 4 * gap, x)
+    return x
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+# ---- clamp / clip / hardtanh / relu6 / leaky_relu / abs / sign: values and gradients -------------------------------
+def test_clamp_family_values_and_gradients(parties):
+    x = _away_from(torch.randn(4, 6, generator=_gen(0)) * 2, (-0.5, 0.5, 0.0, 0.25, -1.0, 1.0, 0.1))
+    lo = _away_from(torch.linspace(-1.5, 0.0, 6), ())
+    for fn in (lambda t: t.clamp(-0.5, 0.5), lambda t: torch.clamp(t, min=0.25), lambda t: t.clamp(max=0.1),
+               lambda t: torch.clip(t, -0.5, 0.5), lambda t: t.clamp_min(0.1) + t.clamp_max(-0.5),
+               lambda t: F.hardtanh(t), lambda t: nn.Hardtanh(-0.5, 0.25)(t), lambda t: F.relu6(t * 4),
+               lambda t: nn.ReLU6()(t * 4), lambda t: (t * 1).clamp_(-0.5, 0.5),
+               lambda t: F.hardtanh(t * 1, inplace=True), lambda t: t.clamp(0.5, -0.5)):
+        check(parties, fn, [x], atol=ATOL_EXACT)
+    # tensor bounds: a public lower bound, a shared upper bound (its gradient too)
+    x2 = _away_from(x, list(lo) + [1.0])
+    check(parties, lambda t: t.clamp(lo, torch.ones(6)), [x2], atol=ATOL_EXACT)
+    check(parties, lambda t, h: torch.clamp(t, max=h), [x2, torch.full((1, 6), 0.3)], atol=ATOL_EXACT)
+    check(parties, lambda t, lo, hi: torch.clamp(t, lo, hi), [x2, lo.view(1, 6) - 0.01, torch.full((4, 1), 0.7)],
+          atol=ATOL_EXACT)
+
+
+def test_leaky_relu_abs_sign_values_and_gradients(parties):
+    x = _away_from(torch.randn(4, 6, generator=_gen(1)) * 2, (0.0,))
+    x[0, 0] = 0.0  # sign(0) = 0 exactly (its gradient is 0 everywhere)
+    for fn in (F.leaky_relu, lambda t: F.leaky_relu(t, 0.2), nn.LeakyReLU(0.25), lambda t: torch.sign(t) * t,
+               lambda t: nn.LeakyReLU(0.1, inplace=True)(t * 1), torch.sgn):
+        check(parties, fn, [x], atol=ATOL_EXACT)
+    x = x[1:]  # abs: away from 0 (torch's gradient at 0 is 0, the bit's -1)
+    for fn in (torch.abs, lambda t: t.abs(), abs, lambda t: (t * 1).abs_(), lambda t: torch.absolute(t)):
+        check(parties, fn, [x], atol=ATOL_EXACT)
+
+
+def _piecewise_costs(party, x, g):
+    """Forward and backward cost of each op on a fresh shared x (requires_grad) with a shared upstream gradient."""
+    ops = {
+        "clamp": lambda t: t.clamp(-0.5, 0.5), "clamp_min": lambda t: t.clamp(min=0.1),
+        "clamp_max": lambda t: t.clamp(max=0.1), "relu6": F.relu6, "hardtanh": F.hardtanh, "abs": torch.abs,
+        "sign": torch.sign, "leaky": F.leaky_relu, "leaky_pow2": lambda t: F.leaky_relu(t, 0.125),
+    }
+    out = {}
+    for k, f in ops.items():
+        xs = _share(party, x, True)
+        gs = _share(party, g, owner=1)
+        with party.comm.cost() as fwd:
+            y = f(xs)
+        with party.comm.cost() as bwd:
+            y.backward(gs)
+        _ = xs.grad.shares  # a deferred scale (leaky_pow2) would settle here, outside the measured blocks
+        out[k] = (fwd.total.rounds, fwd.total.bytes, bwd.total.rounds, bwd.total.bytes)
+    return out, len(party.audit)
+
+
+def test_piecewise_costs_exact(parties):
+    n = 48  # 2 n = 96 = 3 m with m a multiple of 4: the balanced chunks pack to whole bytes
+    x, g = torch.randn(6, 8, generator=_gen(2)), torch.randn(6, 8, generator=_gen(3))
+    for out, opened in parties.run(_piecewise_costs, x, g):
+        assert opened == 0
+        for k in ("clamp", "relu6", "hardtanh"):  # one ReLU on 2n elements; backward g * (b1 - b2)
+            assert out[k] == (8, relu_bytes(2 * n), 1, 8 * n), (k, out[k])
+        for k in ("clamp_min", "clamp_max", "abs"):  # one ReLU on n; backward one ring product
+            assert out[k] == (8, relu_bytes(n), 1, 8 * n), (k, out[k])
+        assert out["sign"] == (8, ltz_bytes(2 * n), 0, 0)
+        # relu + one truncation of 0.01 * min(x, 0); backward: ring product, then the same truncation
+        assert out["leaky"] == (11, relu_bytes(n) + 16 * n, 4, 8 * n + 16 * n), out["leaky"]
+        assert out["leaky_pow2"] == (8, relu_bytes(n), 1, 8 * n), out["leaky_pow2"]  # 2^-3 defers its scale
