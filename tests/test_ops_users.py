@@ -110,3 +110,23 @@ def test_piecewise_costs_exact(parties):
         # relu + one truncation of 0.01 * min(x, 0); backward: ring product, then the same truncation
         assert out["leaky"] == (11, relu_bytes(n) + 16 * n, 4, 8 * n + 16 * n), out["leaky"]
         assert out["leaky_pow2"] == (8, relu_bytes(n), 1, 8 * n), out["leaky_pow2"]  # 2^-3 defers its scale
+
+
+# ---- nearest upsampling ----------------------------------------------------------------------------------------------
+def _upsample_cost(party, x):
+    xs = _share(party, x, True)
+    with party.comm.cost() as fwd:
+        y = nn.Upsample(scale_factor=2)(xs * 0.5)  # a deferred scale passes through
+    g = _share(party, torch.ones(y.shape), owner=1)
+    with party.comm.cost() as bwd:
+        y.backward(g * 0.25)  # and a deferred gradient scale too
+    return fwd.total.bytes + fwd.total.rounds, bwd.total.bytes + bwd.total.rounds
+
+
+def test_nearest_upsample_forward_backward_are_local(parties):
+    x = torch.randn(2, 3, 3, 4, generator=_gen(4))
+    for fn in (lambda t: F.interpolate(t, scale_factor=2, mode="nearest"), nn.Upsample(scale_factor=(2, 3)),
+               lambda t: F.interpolate(t, size=(5, 7)), lambda t: F.interpolate(t[:, :, 0], scale_factor=3),
+               lambda t: F.interpolate(t.unsqueeze(2).expand(2, 3, 2, 3, 4), scale_factor=(1, 2, 2))):
+        check(parties, fn, [x], atol=4 * ULP)  # exact copies: input rounding and check's product only
+    assert parties.run(_upsample_cost, x) == [(0, 0)] * 3

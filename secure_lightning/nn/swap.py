@@ -47,6 +47,7 @@ SUPPORTED: tuple = (
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.Flatten, nn.Unflatten, nn.Identity, nn.Sequential, nn.ModuleList,
     nn.ModuleDict, nn.ParameterList, nn.ParameterDict, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.MSELoss,
     nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh,
+    nn.Upsample,  # mode="nearest" (a public gather); other modes raise naming their aten op
 )
 
 ADVICE: dict = {
@@ -60,7 +61,7 @@ ADVICE: dict = {
     nn.AvgPool1d: "use nn.AvgPool2d on a (N, C, 1, L) view", nn.AvgPool3d: "use 2-D layers",
     nn.AdaptiveAvgPool1d: "use nn.AdaptiveAvgPool2d on a (N, C, 1, L) view",
     nn.Conv3d: "use nn.Conv2d", nn.ConvTranspose2d: "use nn.Conv2d (e.g. on a zero-dilated input)",
-    nn.ConvTranspose1d: "use nn.Conv1d", nn.Upsample: "use a strided/dilated nn.Conv2d",
+    nn.ConvTranspose1d: "use nn.Conv1d",
     nn.Embedding: "one-hot encode the indices and use nn.Linear", nn.EmbeddingBag: "use nn.Linear on one-hot inputs",
     nn.LSTM: "recurrent layers are not supported; use nn.Conv1d or nn.Linear",
     nn.GRU: "recurrent layers are not supported; use nn.Conv1d or nn.Linear",
