@@ -130,3 +130,59 @@ def test_nearest_upsample_forward_backward_are_local(parties):
                lambda t: F.interpolate(t.unsqueeze(2).expand(2, 3, 2, 3, 4), scale_factor=(1, 2, 2))):
         check(parties, fn, [x], atol=4 * ULP)  # exact copies: input rounding and check's product only
     assert parties.run(_upsample_cost, x) == [(0, 0)] * 3
+
+
+# ---- norms -----------------------------------------------------------------------------------------------------------
+# approx.sqrt / rsqrt (f = 20): 2e-6 + 1e-7 |out|; normalize multiplies rsqrt's error by |x| (~3 here), and the
+# gradients add two or three products: ATOL_NORM = 3e-5 on O(1) values (test_tensor.py's ATOL_APPROX).
+ATOL_NORM = 3e-5
+
+
+def test_norm_and_normalize_values_and_gradients(parties):
+    x = torch.randn(4, 5, generator=_gen(5))
+    xz = x.clone()
+    xz[2] = 0.0  # a zero vector normalizes to 0 as in torch (torch's gradient there is 1/eps = 1e12: not compared)
+    for fn in (lambda t: F.normalize(t, dim=1), lambda t: F.normalize(t, dim=0), lambda t: t.norm(dim=1),
+               torch.norm, lambda t: torch.linalg.vector_norm(t, 2, dim=-1, keepdim=True),
+               lambda t: torch.linalg.vector_norm(t, 1, dim=0), lambda t: torch.linalg.norm(t, dim=1)):
+        check(parties, fn, [x], atol=ATOL_NORM)
+    check(parties, lambda t, w: F.normalize(t, dim=1) * w, [xz, torch.ones(4, 1)], grad_mask=[False, True],
+          atol=ATOL_NORM)
+
+
+def _norm_costs(party, x):
+    from secure_lightning.protocols import approx
+    from secure_lightning.protocols import arithmetic as A
+    from secure_lightning.protocols import local as L
+    xs = _share(party, x, True)
+    with party.comm.cost() as n_fwd:
+        n = xs.norm(dim=1)
+    gn = _share(party, torch.ones(4), owner=1)
+    with party.comm.cost() as n_bwd:
+        n.backward(gn)
+    xs2 = _share(party, x, True)
+    with party.comm.cost() as z_fwd:
+        y = F.normalize(xs2, dim=1)
+    g = _share(party, torch.ones(4, 6), owner=1)
+    with party.comm.cost() as z_bwd:
+        y.backward(g)
+    # the pieces on their own: square, sum, sqrt / rsqrt of s, products
+    sq = xs.shares
+    with party.comm.cost() as p_sq:
+        s = L.sum(A.square(sq, party=party), dim=1, keepdim=True)
+    with party.comm.cost() as p_sqrt:
+        approx.sqrt(s, party=party)
+    with party.comm.cost() as p_rsqrt:
+        approx.rsqrt(L.add_public(s, 2.0 ** -20, party=party), party=party)
+    return [(c.total.rounds, c.total.bytes) for c in (n_fwd, n_bwd, z_fwd, z_bwd, p_sq, p_sqrt, p_rsqrt)]
+
+
+def test_norm_costs_exact(parties):
+    x = torch.randn(4, 6, generator=_gen(6))
+    N, R = 24, 4  # elements, vectors
+    for nf, nb, zf, zb, sq, sqrt_, rsqrt_ in parties.run(_norm_costs, x):
+        assert sq == (3, 16 * N)
+        assert nf == (26, sq[1] + sqrt_[1])                            # square, sum, sqrt
+        assert nb == (29, rsqrt_[1] + 16 * R + 16 * N)                 # rsqrt(s + 2^-f), g r, (g r) x
+        assert zf == (29, sq[1] + rsqrt_[1] + 16 * N)                  # square, sum, rsqrt, x r
+        assert zb == (9, 16 * N + 16 * N + 16 * N)                     # g y, y sum(g y), r (g - y sum(g y))

@@ -300,5 +300,6 @@ def one_hot(self, num_classes=-1):
 
 
 advise([aten.linalg_vector_norm, aten.norm, aten._foreach_norm, aten.frobenius_norm],
-       "norms (e.g. gradient clipping with clip_grad_norm_) need a secure sqrt of a sum of squares, which is not "
-       "wired into SharedTensor; disable gradient clipping, or compute x.pow(2).sum() and " + OPEN_HINT)
+       "this norm was reached below the torch-level calls that compute it on shares (torch.norm, Tensor.norm, "
+       "torch.linalg.vector_norm, F.normalize with p=2 or 1); gradient clipping by norm (clip_grad_norm_) is not "
+       "supported: clip by value (clamp), or compute x.pow(2).sum() and " + OPEN_HINT)
