@@ -186,3 +186,35 @@ def test_norm_costs_exact(parties):
         assert nb == (29, rsqrt_[1] + 16 * R + 16 * N)                 # rsqrt(s + 2^-f), g r, (g r) x
         assert zf == (29, sq[1] + rsqrt_[1] + 16 * N)                  # square, sum, rsqrt, x r
         assert zb == (9, 16 * N + 16 * N + 16 * N)                     # g y, y sum(g y), r (g - y sum(g y))
+
+
+# ---- topk ------------------------------------------------------------------------------------------------------------
+def _topk(party, x, g, k, kw):
+    from secure_lightning.protocols import compare
+    from secure_lightning.tensor import reveal_tensor
+    xs = _share(party, x, True)
+    gs = _share(party, g, owner=1)
+    with party.comm.cost() as fwd:
+        v, i = torch.topk(xs, k, **kw)
+    with party.comm.cost() as bwd:
+        v.backward(gs)
+    with party.comm.cost() as one_max:
+        compare.max(xs.shares, kw.get("dim", -1), party=party)
+    costs = [(c.total.rounds, c.total.bytes) for c in (fwd, bwd, one_max)]
+    opened = len(party.audit)
+    return reveal_tensor(v.detach()), reveal_tensor(i), i.dtype, reveal_tensor(xs.grad), costs, opened
+
+
+def test_topk_values_secret_indices_gradient_and_cost(parties):
+    x = torch.randn(5, 7, generator=_gen(7))
+    for k, kw in ((1, {}), (3, {}), (2, {"largest": False}), (4, {"dim": 0})):
+        ref = torch.topk(x.double().requires_grad_(), k, **kw)
+        g = torch.randn(ref.values.shape, generator=_gen(8), dtype=torch.float64)
+        ref.values.backward(g)
+        xr = ref.values.grad_fn.next_functions[0][0].variable
+        for v, i, dtype, grad, (fwd, bwd, one_max), opened in parties.run(_topk, x, g, k, kw):
+            assert (v.double() - ref.values.detach()).abs().max() <= 2 * ULP  # exact selections of the encodings
+            assert dtype == torch.int64 and torch.equal(i, ref.indices) and opened == 0
+            assert (grad.double() - xr.grad).abs().max() <= 2 * ULP        # g routed through ring products
+            assert fwd == (k * one_max[0], k * one_max[1])                 # k maxima; the masking is local
+            assert bwd == (1, 8 * k * x.numel())                            # one ring product per (k x n) element
