@@ -218,3 +218,44 @@ def test_topk_values_secret_indices_gradient_and_cost(parties):
             assert (grad.double() - xr.grad).abs().max() <= 2 * ULP        # g routed through ring products
             assert fwd == (k * one_max[0], k * one_max[1])                 # k maxima; the masking is local
             assert bwd == (1, 8 * k * x.numel())                            # one ring product per (k x n) element
+
+
+# ---- maximum / minimum with gradients; unsupported ops fail in forward, naming the caller's line ----------------------
+def test_maximum_minimum_gradients_both_sides(parties):
+    g = _gen(9)
+    a, b = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    for fn in (torch.maximum, torch.minimum, lambda s, t: torch.max(s, t), lambda s, t: s.maximum(t * 0.5)):
+        check(parties, fn, [a, b], atol=ATOL_EXACT)
+
+
+def _unsupported_errors(party):
+    from secure_lightning.tensor import UnsupportedOpError
+    x = _share(party, torch.randn(2, 6), True)
+    msgs = []
+    for f in (lambda: torch.sin(x),                                          # no handler at all
+              lambda: F.mish(x),                                             # an activation without a protocol
+              lambda: _raw_clamp(x)):                                        # forward only: refused in forward
+        try:
+            f()
+            msgs.append("no error")
+        except UnsupportedOpError as e:
+            msgs.append(str(e))
+    return msgs
+
+
+def _raw_clamp(x):
+    with torch._C.DisableTorchFunctionSubclass():   # reach aten.clamp below its autograd Function
+        return torch.clamp(x, -0.5, 0.5)
+
+
+def test_unsupported_op_fails_in_forward_with_the_callers_file_and_line(parties):
+    import inspect
+    src, first = inspect.getsourcelines(_unsupported_errors)
+    lines = {name: first + i for i, line in enumerate(src) for name in ("torch.sin", "F.mish") if name in line}
+    src, first = inspect.getsourcelines(_raw_clamp)
+    raw_line = first + next(i for i, line in enumerate(src) if "torch.clamp" in line)
+    sin, mish, clamp = parties.run(_unsupported_errors)[0]
+    assert "aten.sin" in sin and f"tests/test_ops_users.py:{lines['torch.sin']} in <lambda>" in sin
+    assert "mish" in mish and f"test_ops_users.py:{lines['F.mish']} in <lambda>" in mish
+    assert "aten.clamp" in clamp and "gradient is not" in clamp and "torch.clamp / x.clamp" in clamp
+    assert f"test_ops_users.py:{raw_line} in _raw_clamp" in clamp, clamp

@@ -169,8 +169,8 @@ def max_dim(x, dim, keepdim=False):
 
 @implements_function(torch.max, torch.Tensor.max)
 def _max_function(input, dim=None, keepdim=False, *, out=None):
-    if isinstance(dim, torch.Tensor):  # torch.max(a, b): elementwise maximum
-        return maximum(input, dim)
+    if isinstance(dim, torch.Tensor):  # torch.max(a, b): elementwise maximum, with its gradient
+        return torch.maximum(input, dim)
     if dim is None:
         flat = input.reshape(-1)
         return max_dim(flat, 0)[0]

@@ -37,8 +37,8 @@ from ..protocols import compare
 from ..protocols import local as L
 from ..protocols.sharing import Shares
 from .dispatch import (
-    assign_inplace, aten, implements, implements_function, make_public, party_of, public_value, raw_of, shares_of,
-    wrap,
+    assign_inplace, aten, implements, implements_function, make_public, no_backward, party_of, public_value, raw_of,
+    shares_of, wrap,
 )
 from .functional import MAX_DEFERRED_BITS, add, bits_to_fixed, broadcast, mul, pow2_scale_bits, sub
 from .shared import SharedTensor
@@ -143,6 +143,22 @@ def _clamp_function(input, min=None, max=None, *, out=None):
 @implements_function(torch.clamp_, torch.Tensor.clamp_, torch.clip_, torch.Tensor.clip_)
 def _clamp_inplace_function(input, min=None, max=None):
     return clamp(input, min, max, inplace=True)
+
+
+@implements_function(torch.maximum, torch.Tensor.maximum)
+def maximum(input, other, *, out=None):
+    """max(a, b) = b + relu(a - b) (clamp with a tensor lower bound): one ReLU; gradients [a > b] and 1 - [a > b]."""
+    if not isinstance(input, SharedTensor):
+        input, other = other, input
+    return clamp(input, other, None)
+
+
+@implements_function(torch.minimum, torch.Tensor.minimum)
+def minimum(input, other, *, out=None):
+    """min(a, b) = b - relu(b - a): one ReLU; gradients [a < b] and 1 - [a < b]."""
+    if not isinstance(input, SharedTensor):
+        input, other = other, input
+    return clamp(input, None, other)
 
 
 @implements_function(torch.clamp_min, torch.Tensor.clamp_min)
@@ -325,3 +341,13 @@ def _aten_leaky_relu(self, negative_slope=0.01):
 @implements(aten.sign.default, aten.sgn.default)
 def _aten_sign(self):
     return sign(self)
+
+
+for _op, _call in ((aten.clamp.default, "torch.clamp / x.clamp"), (aten.hardtanh.default, "F.hardtanh / nn.Hardtanh"),
+                   (aten.leaky_relu.default, "F.leaky_relu / nn.LeakyReLU"),
+                   (aten.maximum.default, "torch.maximum / torch.max(a, b)"),
+                   (aten.minimum.default, "torch.minimum")):
+    no_backward([_op], f"call {_call} on the SharedTensor itself (its autograd Function keeps the comparison bits for "
+                       "backward), or compute it under torch.no_grad()",
+                (lambda self, min=None, max=None: min is not None and max is not None)  # one bound: torch's
+                if _op is aten.clamp.default else None)                                   # backward works
