@@ -220,7 +220,7 @@ def test_topk_values_secret_indices_gradient_and_cost(parties):
             assert bwd == (1, 8 * k * x.numel())                            # one ring product per (k x n) element
 
 
-# ---- maximum / minimum with gradients; unsupported ops fail in forward, naming the caller's line ----------------------
+# ---- maximum / minimum with gradients; unsupported ops fail in forward, naming the caller's line ---------------------
 def test_maximum_minimum_gradients_both_sides(parties):
     g = _gen(9)
     a, b = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)

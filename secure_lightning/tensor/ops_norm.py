@@ -1,4 +1,4 @@
-"""Vector norms on shares: torch.norm / Tensor.norm / torch.linalg.vector_norm (p = 2 and p = 1) and F.normalize (p = 2).
+"""Vector norms on shares: torch.norm, Tensor.norm, torch.linalg.vector_norm (p = 2 and p = 1), F.normalize (p = 2).
 
   norm, p = 2:  s = sum x^2 (one truncated square: 3 rounds, 16 B per element), ||x|| = approx.sqrt(s) (23 rounds,
                 96 B + ltz on 42 per output): 26 rounds. Backward: r = approx.rsqrt(s + 2^-f) (23 rounds), then

@@ -327,7 +327,7 @@ def _leaky_relu_inplace(input, negative_slope=0.01):
     return leaky_relu(input, negative_slope, inplace=True)
 
 
-# ---- reached at the aten level (no torch-function call to intercept): forward by the same formulas --------------------
+# ---- reached at the aten level (no torch-function call to intercept): forward by the same formulas -------------------
 @implements(aten.hardtanh.default)
 def _aten_hardtanh(self, min_val=-1.0, max_val=1.0):
     return clamp(self, min_val, max_val)

@@ -171,7 +171,7 @@ def index_combine_(op, self, *args, **kwargs):
     return assign_inplace(self, index_combine(_INPLACE_OF[op], self, *args, **kwargs))
 
 
-# ---- nearest upsampling (F.interpolate(mode="nearest"), nn.Upsample): a public gather, cost 0 -------------------------
+# ---- nearest upsampling (F.interpolate(mode="nearest"), nn.Upsample): a public gather, cost 0 ------------------------
 def _nearest_index(n_in: int, n_out: int, scale, device) -> torch.Tensor:
     """torch's source index for nearest upsampling: min(floor(dst * s), n_in - 1), s = 1 / scale_factor when given,
     else n_in / n_out (computed in float32 as aten does)."""
