@@ -1,4 +1,4 @@
-"""Piecewise-linear ops users reach for: clamp/clip, hardtanh/relu6, leaky_relu, abs, sign.
+"""Piecewise-linear ops users reach for: clamp/clip, hardtanh/relu6, maximum/minimum, leaky_relu, abs, sign.
 
 Each is an autograd Function registered for the torch-level calls (FUNCTION_HANDLERS), so the gradient comes from the
 comparison bits of the forward pass instead of torch's decompositions (which need aten.logical_and / aten.sgn on
@@ -6,6 +6,7 @@ shares). Every forward is ONE compare.relu (or ltz) call, all comparisons of the
 
   op                                   forward                                  backward (grad of the input)
   clamp_min(x, lo) / clamp_max(x, hi)  lo + relu(x - lo) / hi - relu(hi - x)    g * bit: 1 round, 8 B
+  maximum(a, b) / minimum(a, b)        clamp_min(a, b) / clamp_max(a, b)        a: g * bit, b: g - g * bit (1 round)
   clamp(x, lo, hi), clip, hardtanh,    lo + relu(x - lo) - relu(x - hi): relu   g * ([x > lo] - [x > hi]): 1 round,
     relu6 (= hardtanh(x, 0, 6))        on 2n elements, 8 rounds                 8 B
   abs                                  2 relu(x) - x: relu on n, 8 rounds       2 g [x > 0] - g: 1 round, 8 B
@@ -16,7 +17,8 @@ shares). Every forward is ONE compare.relu (or ltz) call, all comparisons of the
 
 Bytes are per element per party and per comparison element: compare.relu (balanced) sends Sb + T + 64 m bytes per
 3 m elements (~52.2 bytes each), ltz ~41.5 (protocols/compare.py's cost table). A tensor bound (public or shared)
-broadcasts; its gradient (g (1 - [x > lo]) for lo, g [x > hi] for hi) costs one more ring product round.
+broadcasts; its gradient (g (1 - [x > lo]) for lo, g [x > hi] for hi) comes from the same single round (with both
+bounds 2n ring products instead of n: 16 B per element).
 
 Values are exact (the encoded max/min), up to one truncation for leaky_relu. Gradients at the kinks follow the bits:
 clamp passes the gradient on lo < x <= hi (torch: lo <= x <= hi), abs gives -1 at 0 (torch: 0); both differ from
