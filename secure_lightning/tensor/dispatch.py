@@ -51,33 +51,38 @@ _LIBRARY_DIRS: tuple | None = None
 
 
 def _library_dirs() -> tuple:
+    """(package dirs, standard-library dirs, site-packages dirs) as path prefixes."""
     global _LIBRARY_DIRS
     if _LIBRARY_DIRS is None:
         import importlib.util
         import os
         import sysconfig
-        dirs = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(torch.__file__)]
+        pkgs = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(torch.__file__)]
         for name in ("pytorch_lightning", "lightning", "lightning_fabric"):
             spec = importlib.util.find_spec(name)
             if spec is not None and spec.origin:
-                dirs.append(os.path.dirname(spec.origin))
-        for key in ("stdlib", "platstdlib"):
-            dirs.append(sysconfig.get_paths()[key])
-        _LIBRARY_DIRS = tuple(os.path.join(d, "") for d in dirs)
+                pkgs.append(os.path.dirname(spec.origin))
+        paths = sysconfig.get_paths()
+        prefixes = lambda keys: tuple(os.path.join(paths[k], "") for k in keys if k in paths)  # noqa: E731
+        _LIBRARY_DIRS = (tuple(os.path.join(d, "") for d in pkgs), prefixes(("stdlib", "platstdlib")),
+                         prefixes(("purelib", "platlib")))
     return _LIBRARY_DIRS
 
 
 def user_frame() -> str | None:
-    """'file.py:123 in forward' for the innermost Python frame outside the libraries (None if there is none)."""
+    """'file.py:123 in forward' for the innermost Python frame outside secure_lightning, torch, Lightning and the
+    standard library (installed packages other than those count as the caller's code). None if there is none."""
     import os
     import sys
-    libs = _library_dirs()
+    pkgs, stdlib, site = _library_dirs()
     frame = sys._getframe(1)
     while frame is not None:
         path = frame.f_code.co_filename
-        if not path.startswith("<frozen") and not os.path.abspath(path).startswith(libs):
-            shown = os.path.relpath(path) if os.path.abspath(path).startswith(os.path.join(os.getcwd(), "")) \
-                else path
+        full = os.path.abspath(path)
+        library = path.startswith("<frozen") or full.startswith(pkgs) or \
+            (full.startswith(stdlib) and not full.startswith(site))
+        if not library:
+            shown = os.path.relpath(full) if full.startswith(os.path.join(os.getcwd(), "")) else path
             return f"{shown}:{frame.f_lineno} in {frame.f_code.co_name}"
         frame = frame.f_back
     return None
