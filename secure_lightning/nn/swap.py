@@ -46,12 +46,13 @@ REVERT: dict = {v: k for k, v in SWAP.items()}
 SUPPORTED: tuple = (
     nn.Linear, nn.Conv1d, nn.Conv2d, nn.Flatten, nn.Unflatten, nn.Identity, nn.Sequential, nn.ModuleList,
     nn.ModuleDict, nn.ParameterList, nn.ParameterDict, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.MSELoss,
-    nn.Sigmoid, nn.Tanh,
+    nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh,
+    nn.Upsample,  # mode="nearest" (a public gather); other modes raise naming their aten op
 )
 
 ADVICE: dict = {
-    nn.GELU: "use nn.ReLU", nn.SiLU: "use nn.ReLU", nn.ELU: "use nn.ReLU", nn.LeakyReLU: "use nn.ReLU",
-    nn.ReLU6: "use nn.ReLU", nn.Hardswish: "use nn.ReLU", nn.Hardtanh: "use nn.ReLU", nn.Softplus: "use nn.ReLU",
+    nn.GELU: "use nn.ReLU", nn.SiLU: "use nn.ReLU", nn.ELU: "use nn.ReLU or nn.LeakyReLU",
+    nn.Hardswish: "use nn.ReLU or nn.Hardtanh", nn.Softplus: "use nn.ReLU",
     nn.Mish: "use nn.ReLU", nn.PReLU: "use nn.ReLU",
     nn.LayerNorm: "use nn.BatchNorm1d/2d", nn.GroupNorm: "use nn.BatchNorm2d", nn.InstanceNorm2d: "use nn.BatchNorm2d",
     nn.BatchNorm3d: "use 2-D layers (nn.BatchNorm2d)", nn.SyncBatchNorm: "use nn.BatchNorm2d",
@@ -60,7 +61,7 @@ ADVICE: dict = {
     nn.AvgPool1d: "use nn.AvgPool2d on a (N, C, 1, L) view", nn.AvgPool3d: "use 2-D layers",
     nn.AdaptiveAvgPool1d: "use nn.AdaptiveAvgPool2d on a (N, C, 1, L) view",
     nn.Conv3d: "use nn.Conv2d", nn.ConvTranspose2d: "use nn.Conv2d (e.g. on a zero-dilated input)",
-    nn.ConvTranspose1d: "use nn.Conv1d", nn.Upsample: "use a strided/dilated nn.Conv2d",
+    nn.ConvTranspose1d: "use nn.Conv1d",
     nn.Embedding: "one-hot encode the indices and use nn.Linear", nn.EmbeddingBag: "use nn.Linear on one-hot inputs",
     nn.LSTM: "recurrent layers are not supported; use nn.Conv1d or nn.Linear",
     nn.GRU: "recurrent layers are not supported; use nn.Conv1d or nn.Linear",

@@ -38,7 +38,54 @@ MAX_PUBLIC_INT = 1 << 30
 
 
 class UnsupportedOpError(NotImplementedError):
-    """An operation that has no secure implementation on SharedTensor (the message says what to use instead)."""
+    """An operation that has no secure implementation on SharedTensor (the message says what to use instead, and
+    where in the caller's code it was reached: the innermost frame outside secure_lightning, torch, Lightning and
+    the standard library)."""
+
+    def __init__(self, message: str = ""):
+        where = user_frame()
+        super().__init__(f"{message} (at {where})" if where and " (at " not in message else message)
+
+
+_LIBRARY_DIRS: tuple | None = None
+
+
+def _library_dirs() -> tuple:
+    """(package dirs, standard-library dirs, site-packages dirs) as path prefixes."""
+    global _LIBRARY_DIRS
+    if _LIBRARY_DIRS is None:
+        import importlib.util
+        import os
+        import sysconfig
+        pkgs = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.path.dirname(torch.__file__)]
+        for name in ("pytorch_lightning", "lightning", "lightning_fabric"):
+            spec = importlib.util.find_spec(name)
+            if spec is not None and spec.origin:
+                pkgs.append(os.path.dirname(spec.origin))
+        paths = sysconfig.get_paths()
+        prefixes = lambda keys: tuple(os.path.join(paths[k], "") for k in keys if k in paths)  # noqa: E731
+        _LIBRARY_DIRS = (tuple(os.path.join(d, "") for d in pkgs), prefixes(("stdlib", "platstdlib")),
+                         prefixes(("purelib", "platlib")))
+    return _LIBRARY_DIRS
+
+
+def user_frame() -> str | None:
+    """'file.py:123 in forward' for the innermost Python frame outside secure_lightning, torch, Lightning and the
+    standard library (installed packages other than those count as the caller's code). None if there is none."""
+    import os
+    import sys
+    pkgs, stdlib, site = _library_dirs()
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        full = os.path.abspath(path)
+        library = path.startswith("<frozen") or full.startswith(pkgs) or \
+            (full.startswith(stdlib) and not full.startswith(site))
+        if not library:
+            shown = os.path.relpath(full) if full.startswith(os.path.join(os.getcwd(), "")) else path
+            return f"{shown}:{frame.f_lineno} in {frame.f_code.co_name}"
+        frame = frame.f_back
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -106,7 +153,28 @@ def dispatch_op(func, args, kwargs):
     handler = HANDLERS.get(func)
     if handler is None:
         raise UnsupportedOpError(unsupported_message(func))
+    if func in NO_BACKWARD and torch.is_grad_enabled() and _needs_grad(args, kwargs):
+        advice, applies = NO_BACKWARD[func]
+        if applies is None or applies(*args, **kwargs):
+            raise UnsupportedOpError(f"{func} is computed on shares, but its gradient is not (reached here with "
+                                     f"requires_grad, the backward pass would fail): {advice}")
     return handler(*args, **kwargs)
+
+
+# aten ops with a forward handler whose autograd formula needs ops that shares lack. Reached only below the torch-level
+# calls that have their own Functions (a decomposition, torch function disabled); refused in forward when a gradient
+# would be needed, naming the call to use instead.
+NO_BACKWARD: dict = {}
+
+
+def no_backward(ops, advice: str, applies=None):
+    """Refuse `ops` in forward when a gradient will be needed; applies(*args, **kwargs): only for these arguments."""
+    for op in ops:
+        NO_BACKWARD[op] = (advice, applies)
+
+
+def _needs_grad(args, kwargs) -> bool:
+    return any(isinstance(a, SharedTensor) and a.requires_grad for a in pytree.tree_leaves((args, kwargs)))
 
 
 install_routers(torch_function, dispatch_op)

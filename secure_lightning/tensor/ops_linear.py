@@ -93,7 +93,8 @@ def _from4d(s: Shares, one_d: bool, unbatched: bool) -> Shares:
 def _check(transposed, output_padding):
     if transposed:
         raise UnsupportedOpError("transposed convolution (ConvTranspose) is not supported on shares; use "
-                                 "nn.Upsample-free architectures or a Conv2d on a zero-dilated input")
+                                 "nn.Upsample(mode=\"nearest\") followed by a Conv2d, or a Conv2d on a zero-dilated "
+                                 "input")
 
 
 @implements(aten.convolution.default)

@@ -8,7 +8,9 @@ ReLU reached at the aten level (not through F.relu, which keeps the sign bit) co
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.return_types import max as max_result
+from torch.return_types import topk as topk_result
 
 from ..protocols import approx, compare
 from ..protocols import arithmetic as A
@@ -167,8 +169,8 @@ def max_dim(x, dim, keepdim=False):
 
 @implements_function(torch.max, torch.Tensor.max)
 def _max_function(input, dim=None, keepdim=False, *, out=None):
-    if isinstance(dim, torch.Tensor):  # torch.max(a, b): elementwise maximum
-        return maximum(input, dim)
+    if isinstance(dim, torch.Tensor):  # torch.max(a, b): elementwise maximum, with its gradient
+        return torch.maximum(input, dim)
     if dim is None:
         flat = input.reshape(-1)
         return max_dim(flat, 0)[0]
@@ -194,6 +196,64 @@ def argmax(input, dim=None, keepdim=False):
     with party.label("argmax"):
         onehot = compare.argmax(input.shares, dim % input.dim(), keepdim, party=party)
     return _indices_from_onehot(onehot, dim % input.dim(), keepdim, party)
+
+
+# ---- topk: k rounds of max, each masking the position it took -------------------------------------------------------
+TOPK_MASK = 1 << 60  # subtracted (raw ring units) from a taken position: below every value with |x| < 2^59 raw
+
+
+class TopKFn(torch.autograd.Function):
+    """values, indices = topk along the last dim by k successive compare.max calls; after each, the one-hot of the
+    taken position (ring bits) times 2^60 is subtracted (local), so the next max skips it. Ties take the lowest
+    index first, as torch's sorted topk on distinct values. Gradient: sum_i g_i onehot_i (one ring-product round)."""
+
+    @staticmethod
+    def forward(ctx, x, k, largest):
+        party = x.party
+        xs = x.shares if largest else -x.shares
+        values, onehots = [], []
+        with party.label("topk"):
+            for _ in range(k):
+                v, oh = compare.max(xs, -1, keepdim=True, party=party)
+                values.append(v if largest else -v)
+                onehots.append(oh)
+                xs = xs - L.mul_int(oh, TOPK_MASK)
+        cat = lambda parts: Shares(torch.cat([p.cur for p in parts], -1), torch.cat([p.prev for p in parts], -1))
+        onehot = Shares(torch.stack([o.cur for o in onehots], -2), torch.stack([o.prev for o in onehots], -2))
+        ctx.onehot, ctx.party = onehot, party   # (..., k, n)
+        indices = _indices_from_onehot(onehot, onehot.cur.dim() - 1, False, party)
+        ctx.mark_non_differentiable(indices)
+        return wrap(cat(values), party), indices
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g, _gi):
+        party = ctx.party
+        gs = shares_of(g, party).map(lambda t: t.unsqueeze(-1).expand(ctx.onehot.shape))
+        with party.label("topk_backward"):
+            return wrap(L.sum(A.mul(gs, ctx.onehot, party=party, fixed=False), dim=-2), party), None, None
+
+
+@implements_function(torch.topk, torch.Tensor.topk)
+def topk(input, k, dim=-1, largest=True, sorted=True, *, out=None):
+    """torch.topk on shares: k successive maxima (8 ceil(log2 n) rounds each, k times: n = 10, k = 3: 96 rounds);
+    values sorted, indices an int64 SharedTensor (secret). Backward: 1 round, 8 bytes per (k x n) element."""
+    if out is not None:
+        raise UnsupportedOpError("torch.topk(out=...) on shares: use the returned values and indices")
+    if not isinstance(input, SharedTensor):
+        raise TypeError("secure topk takes a SharedTensor")
+    n = input.shape[dim] if input.dim() else 1
+    if not 0 <= k <= n:
+        raise RuntimeError(f"selected index k out of range: k={k}, size {n}")
+    if input.public is not None:
+        v, i = torch.topk(input.public, k, dim, largest, True)
+        return topk_result((make_public(v, input.party), make_public(i.to(torch.float64), input.party, torch.int64)))
+    d = dim % max(input.dim(), 1)
+    x = input.movedim(d, -1) if d != input.dim() - 1 else input
+    v, i = TopKFn.apply(x, int(k), bool(largest))
+    if d != input.dim() - 1:
+        v, i = v.movedim(-1, d), i.movedim(-1, d)
+    return topk_result((v, i))
 
 
 # ---- pooling (linear) ------------------------------------------------------------------------------------------------
@@ -275,7 +335,7 @@ advise([aten.native_batch_norm, aten._native_batch_norm_legit, aten._native_batc
        "call F.batch_norm / nn.BatchNorm2d on the SharedTensor (intercepted before aten, with approx.rsqrt)")
 advise([aten.native_dropout, aten.bernoulli, aten.native_dropout_backward],
        "call F.dropout / nn.Dropout on the SharedTensor (the mask comes from party.prg_common)")
-advise([aten.native_layer_norm, aten.gelu, aten.silu, aten.hardtanh, aten.leaky_relu, aten.elu, aten.softplus,
+advise([aten.native_layer_norm, aten.gelu, aten.silu, aten.elu, aten.softplus,
         aten.log_sigmoid],
        "this activation/normalization has no secure implementation; use ReLU (F.relu), sigmoid/tanh "
        "(approximations) or BatchNorm instead")
@@ -300,5 +360,6 @@ def one_hot(self, num_classes=-1):
 
 
 advise([aten.linalg_vector_norm, aten.norm, aten._foreach_norm, aten.frobenius_norm],
-       "norms (e.g. gradient clipping with clip_grad_norm_) need a secure sqrt of a sum of squares, which is not "
-       "wired into SharedTensor; disable gradient clipping, or compute x.pow(2).sum() and " + OPEN_HINT)
+       "this norm was reached below the torch-level calls that compute it on shares (torch.norm, Tensor.norm, "
+       "torch.linalg.vector_norm, F.normalize with p=2 or 1); gradient clipping by norm (clip_grad_norm_) is not "
+       "supported: clip by value (clamp), or compute x.pow(2).sum() and " + OPEN_HINT)

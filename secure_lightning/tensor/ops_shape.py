@@ -169,3 +169,57 @@ _INPLACE_OF = {
 @implements_generic(*_INPLACE_OF)
 def index_combine_(op, self, *args, **kwargs):
     return assign_inplace(self, index_combine(_INPLACE_OF[op], self, *args, **kwargs))
+
+
+# ---- nearest upsampling (F.interpolate(mode="nearest"), nn.Upsample): a public gather, cost 0 ------------------------
+def _nearest_index(n_in: int, n_out: int, scale, device) -> torch.Tensor:
+    """torch's source index for nearest upsampling: min(floor(dst * s), n_in - 1), s = 1 / scale_factor when given,
+    else n_in / n_out (computed in float32 as aten does)."""
+    s = (1.0 / scale) if scale is not None and scale > 0 else n_in / n_out
+    dst = torch.arange(n_out, dtype=torch.float32, device=device)
+    return torch.clamp(torch.floor(dst * torch.tensor(s, dtype=torch.float32)).to(torch.int64), max=n_in - 1)
+
+
+def _upsample_indices(in_size, output_size, scales, device):
+    return [_nearest_index(int(i), int(o), s, device) for i, o, s in zip(in_size, output_size, scales)]
+
+
+def _upsample_nearest(self, output_size, *scales):
+    """Nearest upsampling: index_select along each spatial dim with public indices. Cost: 0 (local)."""
+    spatial = len(output_size)
+    scales = list(scales) + [None] * (spatial - len(scales))
+    idx = _upsample_indices(self.shape[-spatial:], output_size, scales, "cpu")
+
+    def op(t):
+        for k, ix in enumerate(idx):
+            t = t.index_select(t.dim() - spatial + k, ix.to(t.device))
+        return t
+    if self.raw_shares[1]:
+        return apply_local_scaled(op, self, (self,), {})
+    return apply_local(op, (self,), {})
+
+
+def _upsample_nearest_backward(grad_output, output_size, input_size, *scales):
+    """Adjoint of the gather: each input position sums the gradients of the outputs copied from it. Cost: 0."""
+    spatial = len(output_size)
+    scales = list(scales) + [None] * (spatial - len(scales))
+    idx = _upsample_indices(input_size[-spatial:], output_size, scales, "cpu")
+
+    def op(t):
+        for k, ix in enumerate(idx):
+            d = t.dim() - spatial + k
+            shape = list(t.shape)
+            shape[d] = int(input_size[-spatial + k])
+            t = torch.zeros(shape, dtype=t.dtype, device=t.device).index_add_(d, ix.to(t.device), t)
+        return t
+    if not isinstance(grad_output, SharedTensor):
+        raise UnsupportedOpError("upsample backward of a public gradient")
+    if grad_output.raw_shares[1]:
+        return apply_local_scaled(op, grad_output, (grad_output,), {})
+    return apply_local(op, (grad_output,), {})
+
+
+implements(aten.upsample_nearest1d.default, aten.upsample_nearest2d.default,
+           aten.upsample_nearest3d.default)(_upsample_nearest)
+implements(aten.upsample_nearest1d_backward.default, aten.upsample_nearest2d_backward.default,
+           aten.upsample_nearest3d_backward.default)(_upsample_nearest_backward)
