@@ -142,7 +142,9 @@ def sub(a, b, alpha=1):
     return add(a, b, alpha=-alpha)
 
 
-MAX_DEFERRED_BITS = 24  # beyond this a deferred scale is settled first (truncations stay well inside the ring)
+# At most this many deferred bits: the product that folds them in is exact only for outputs 2^e times smaller
+# (|y| < 2^(62-2f-e)), so e stays small (a 2x2 or 4x4 average pool, x / 2, x / 16); larger factors truncate at once.
+MAX_DEFERRED_BITS = 4
 
 
 def pow2_scale_bits(c) -> int | None:
@@ -157,13 +159,13 @@ def pow2_scale_bits(c) -> int | None:
 
 
 def mul_public(x: SharedTensor, c: torch.Tensor, dtype=None) -> SharedTensor:
-    """x * c for a public float64 tensor c: integers multiply the shares (free); +-2^-k defers k fractional bits
-    (free: the next product or settle truncates them, see shared.PendingBits); other reals are encoded and
-    truncated (3 rounds, 16 bytes per element)."""
+    """x * c for a public float64 tensor c: integers multiply the shares (free); +-2^-k with k <= MAX_DEFERRED_BITS
+    defers k fractional bits (free: the next product or settle truncates them, see shared.PendingBits); other reals
+    are encoded and truncated (3 rounds, 16 bytes per element)."""
     party = x.party
     dtype = dtype or x.dtype
     k = pow2_scale_bits(c) if x.dtype == torch.float32 else None
-    if k is not None:
+    if k is not None and k <= MAX_DEFERRED_BITS:
         shares, e = x.raw_shares
         if e + k > MAX_DEFERRED_BITS:
             shares, e = x.shares, 0

@@ -150,8 +150,8 @@ def _reduce(per_row: Shares, reduction: str, count: int, *, party) -> Shares:
 
 
 def _scale_grad(diff: Shares, g, reduction: str, count: int, *, party) -> SharedTensor:
-    """diff * dloss/dper_row: g (scalar or per row) divided by count for 'mean'. A public factor +-2^-k (a batch of
-    2^k, loss.backward()'s seed 1) is deferred into the next product (tensor/shared.py PendingBits): free."""
+    """diff * dloss/dper_row: g (scalar or per row) divided by count for 'mean'. A public factor +-2^-k with k <= 4 (a batch of
+    up to 16, loss.backward()'s seed 1) is deferred into the next product (tensor/shared.py PendingBits): free."""
     div = count if reduction == "mean" else 1
     pg = public_value(g, party.device)
     if pg is not None:

@@ -21,7 +21,7 @@ from .dispatch import (
     shares_of, wrap,
 )
 from .functional import (
-    add, bits_to_fixed, clamp_min, exp, log, mul, relu_values, rsqrt, sigmoid, softmax_from_log_softmax, sqrt,
+    MAX_DEFERRED_BITS, add, bits_to_fixed, clamp_min, exp, log, mul, relu_values, rsqrt, sigmoid, softmax_from_log_softmax, sqrt,
     square, sub, sum_, tanh,
 )
 from .shared import OPEN_HINT, SharedTensor
@@ -266,7 +266,7 @@ def avg_pool2d(self, kernel_size, stride=(), padding=0, ceil_mode=False, count_i
     x, e = self.raw_shares
     args = (kernel_size, stride or None, padding, ceil_mode, count_include_pad, divisor_override)
     summed = compare.sum_pool2d(x, *args, party=party)
-    if summed is not None:
+    if summed is not None and e + summed[1] <= MAX_DEFERRED_BITS:
         return wrap(summed[0], party).defer_scale(e + summed[1])
     with party.label("avg_pool2d"):
         return wrap(compare.avg_pool2d(self.shares, *args, party=party), party)
