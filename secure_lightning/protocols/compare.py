@@ -475,15 +475,15 @@ def _pow2_bits(div: torch.Tensor) -> int | None:
 
 
 def sum_pool2d(x: Shares, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               divisor_override=None, *, party) -> tuple[Shares, int] | None:
-    """avg_pool2d as (window sums, e) when torch's divisor is 2^e for every window (2x2, 4x4 pools without
-    count_include_pad surprises): the average is sums / 2^e, and the caller defers that scale into the next
-    product's truncation. None for any other divisor (use avg_pool2d).
+               divisor_override=None, *, party, max_bits: int = 62) -> tuple[Shares, int] | None:
+    """avg_pool2d as (window sums, e) when torch's divisor is 2^e for every window, e <= max_bits (2x2, 4x4 pools
+    without count_include_pad surprises): the average is sums / 2^e, and the caller defers that scale into the next
+    product's truncation. None for any other divisor (use avg_pool2d); nothing is computed then.
     Cost: 0 (local). Range: the sums are the averages at 2^(f+e), so a product that consumes them is exact for
     |output| < 2^(62-2f-e) (checked by the overflow guard like every product)."""
     geo = pool_geometry(tuple(x.shape), kernel_size, stride, padding, 1, ceil_mode, op="avg_pool2d")
     e = _pow2_bits(_avg_divisor(geo, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override))
-    if e is None:
+    if e is None or e > max_bits:
         return None
     with party.label("avg_pool2d"):
         return _unbatch(_windows(x, geo, 0, party=party).map(lambda t: t.sum(-1)), geo), e

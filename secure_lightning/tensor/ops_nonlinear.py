@@ -265,8 +265,8 @@ def avg_pool2d(self, kernel_size, stride=(), padding=0, ceil_mode=False, count_i
     party = self.party
     x, e = self.raw_shares
     args = (kernel_size, stride or None, padding, ceil_mode, count_include_pad, divisor_override)
-    summed = compare.sum_pool2d(x, *args, party=party)
-    if summed is not None and e + summed[1] <= MAX_DEFERRED_BITS:
+    summed = compare.sum_pool2d(x, *args, party=party, max_bits=MAX_DEFERRED_BITS - e)
+    if summed is not None:
         return wrap(summed[0], party).defer_scale(e + summed[1])
     with party.label("avg_pool2d"):
         return wrap(compare.avg_pool2d(self.shares, *args, party=party), party)
