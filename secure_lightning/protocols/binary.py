@@ -325,27 +325,39 @@ def and_(x: BinShares, y: BinShares, *, party, live: int = ALL) -> BinShares:
 # ---------------------------------------------------------------------------------------------------------------------
 # Parallel prefix adders on (generate, propagate) words
 
-def group_generate(g: BinShares, p: BinShares, *, party) -> BinShares:
+def group_generate_live(lo: int) -> list[tuple[int, int]]:
+    """(G mask, P mask) of each level of group_generate when the bits below `lo` are dead (zero in g and p)."""
+    levels = []
+    for k in range(1, 7):
+        size, half = 1 << k, 1 << (k - 1)
+        tops = [(j, j * size + size - 1) for j in range(64 >> k)]
+        gm = sum(1 << top for j, top in tops if j * size + half - 1 >= lo)        # the low half holds a live bit
+        pm = sum(1 << top for j, top in tops if j * size > lo) if k < 6 else 0  # a live bit lies below the group
+        levels.append((gm, pm))
+    return levels
+
+
+def group_generate(g: BinShares, p: BinShares, *, party, lo: int = 0) -> BinShares:
     """Carry out of a 64-bit addition: bit 63 of the result = G[0..63] (other bits: partial groups / zero).
 
     Inputs: g = a & b and p = a ^ b of the addends. Only the bits the tree reads need be valid: g everywhere, p at
     bits 1..63. A Brent-Kung up-sweep (reduction tree): level k = 1..6 combines adjacent groups of 2^(k-1) bits,
         G = G_hi ^ (P_hi & G_lo),   P = P_hi & P_lo   (XOR is OR here: G and P of a group are never both 1);
-    both ANDs of a level travel in one round, and P is computed only for groups that do not contain bit 0 (the lowest
-    group's P is never read). Live ANDs per level: 32+31, 16+15, 8+7, 4+3, 2+1, 1 (120 bits in all).
-    Cost: 6 rounds; per party sum_k ceil(n b_k / 8) bytes with b = (63, 31, 15, 7, 3, 1) (~15 bytes per word).
+    both ANDs of a level travel in one round. A group whose low half holds no live bit keeps G = G_hi (no AND), and
+    P is computed only for groups with a live bit below them (no other P is ever read). lo = 0: live ANDs per
+    level 32+31, 16+15, 8+7, 4+3, 2+1, 1 (120 bits in all); `lo` > 0 (bits below lo are zero in both g and p, as
+    for a comparison on the top 64 - lo bits): fewer (lo = 16: 47, 23, 11, 5, 2, 1; 89 bits).
+    Cost: 6 rounds; per party sum_k ceil(n b_k / 8) bytes, b_k the live bits of level k (group_generate_live).
     Ref: Brent and Kung, "A regular layout for parallel adders", IEEE TC 1982.
     """
     with party.label("group_generate"):
-        for k in range(1, 7):
+        for k, (gm, pm) in enumerate(group_generate_live(lo), start=1):
             size, half = 1 << k, 1 << (k - 1)
-            gm = mask_every(size, size - 1)
-            pm = mask_every(size, 2 * size - 1) if k < 6 else 0
             pairs = [(p, lshift(g, half), gm)]
             if pm:
                 pairs.append((p, lshift(p, half), pm))
             res = and_many(pairs, party=party)
-            g = xor(and_public(g, gm), res[0])
+            g = xor(and_public(g, mask_every(size, size - 1)), res[0])
             p = res[1] if pm else p
     return g
 

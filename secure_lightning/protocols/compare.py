@@ -28,6 +28,13 @@ Cost notation (bytes sent by ONE party; n elements; ceil packing of bit messages
   avg_pool2d, adaptive_avg_pool2d  3        16 per output element (one truncation)
   their backward                   3        16 per grad_out element
 
+Narrower comparisons: `bits` = l < 64 (ltz, lt.., relu, max, max_pool2d) reads the compared values as l-bit signed
+integers (convert.msb moves them up by 64 - l bits, locally): exact while they lie in [-2^(l-1), 2^(l-1)), and
+the split and the carry tree send only the live bits: Sb and T above become ~11.8 n and ~11.1 n at l = 48. The
+caller must know the range (the secure layers use l = 68 - f and hand the input to the overflow guard).
+Inference: relu(need_bit=False) and max(need_onehot=False) skip what only a backward pass reads (relu ~47.0 n at
+l = 64 without the bit).
+
 Large inputs run in slices (convert.chunked, convert.CHUNK = 196,608 elements; max trees in row slices of at most
 that many elements): the working set is bounded by one slice, the rounds above are multiplied by the number of
 slices, ceil(n / CHUNK) (eq: ceil(2n / CHUNK), max: ceil(R / rows per slice)), and the bytes stay as above.
@@ -49,7 +56,9 @@ from . import convert
 from .convert import chunked, inject, msb
 from .sharing import Shares, add_public
 
-PAD_NEG = -(1 << 62)  # "minus infinity" for max pooling: below every value in the documented range |x| < 2^62
+def pad_neg(bits: int = 64) -> int:
+    """Max pooling's padding for comparisons on `bits`-bit differences: -2^(bits-2), below every in-range value."""
+    return -(1 << (bits - 2))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -89,8 +98,9 @@ def _where(cond: torch.Tensor, a: Shares, b: Shares) -> Shares:
 # ---------------------------------------------------------------------------------------------------------------------
 # Comparisons
 
-def ltz(x: Shares, *, party, sender: int | None = None) -> Shares:
-    """[x < 0] as an arithmetic 0/1 bit (exact for every ring value; x read as signed).
+def ltz(x: Shares, *, party, sender: int | None = None, bits: int = 64) -> Shares:
+    """[x < 0] as an arithmetic 0/1 bit (exact for every ring value; x read as signed). bits = l < 64: x read as an
+    l-bit signed integer (convert.msb), exact while |x| < 2^(l-1); fewer bytes (see convert.msb).
 
     Cost: 8 rounds (msb 7 + b2a 1). Single sender: S(n) + T(n) + 16 n bytes, others H(n) + T(n) + 8 n.
     Balanced (n = 3 m): Sb(n) + T(n) + 32 m bytes each. n > convert.CHUNK: 8 rounds per slice, same bytes.
@@ -101,7 +111,7 @@ def ltz(x: Shares, *, party, sender: int | None = None) -> Shares:
 
         def one(lo, hi):
             part = flat.map(lambda t: t[lo:hi])
-            return inject(msb(part, party=party, sender=sender), [None], party=party, sender=sender)
+            return inject(msb(part, party=party, sender=sender, bits=bits), [None], party=party, sender=sender)
 
         bit = chunked(flat.cur.numel(), convert.CHUNK, one)[0]
         return bit.map(lambda t: t.view(x.shape))
@@ -160,16 +170,22 @@ def mux(bit: Shares, a: Shares, b: Shares, *, party) -> Shares:
 # ---------------------------------------------------------------------------------------------------------------------
 # ReLU
 
-def relu(x: Shares, *, party, sender: int | None = None) -> tuple[Shares, Shares]:
+def relu(x: Shares, *, party, sender: int | None = None, bits: int = 64,
+         need_bit: bool = True) -> tuple[Shares, Shares | None]:
     """(relu(x), drelu) with drelu = [x > 0] (torch's threshold_backward convention: gradient 0 at x = 0).
 
     drelu = NOT msb(x - 1) (exact for every ring value except -2^63); relu(x) = drelu * x and drelu itself come out
     of one inject round. relu(x) is exact (no truncation): the encoded value of max(x, 0).
+    bits = l < 64: the sign is that of x - 1 read as an l-bit integer (convert.msb), exact while -2^(l-1) < x <=
+    2^(l-1); the split and the carry tree send fewer bits. need_bit=False (no backward will run): drelu is not
+    converted (returned as None), the inject round carries relu(x) only.
     Cost: 8 rounds (msb 7 + inject 1). Single sender: S(n) + T(n) + 32 n bytes, others H(n) + T(n) + 16 n
-    (~78.8 / 38.9 bytes per element). Balanced (default, n = 3 m): Sb(n) + T(n) + 64 m each (~52.2 n).
+    (~78.8 / 38.9 bytes per element). Balanced (default, n = 3 m): Sb(n) + T(n) + 64 m each (~52.2 n); with
+    need_bit=False the inject round is 48 m (~47 n). l = 48: Sb and T shrink to ~11.8 n and ~11.1 n (convert.msb):
+    ~44.3 n with the bit, ~39 n without.
     n > convert.CHUNK: slices of CHUNK elements, 8 rounds each (ceil(n / CHUNK) x 8), same bytes; working memory
     ~185 bytes per slice element besides the outputs.
-    Error: none (relu(x) is the exact encoded max(x, 0); the bit is exact for every x except -2^63).
+    Error: none (relu(x) is the exact encoded max(x, 0); the bit is exact for every x in range).
     """
     with party.label("relu"):
         flat = x.map(lambda t: t.reshape(-1))
@@ -177,11 +193,13 @@ def relu(x: Shares, *, party, sender: int | None = None) -> tuple[Shares, Shares
 
         def one(lo, hi):
             part = flat.map(lambda t: t[lo:hi])
-            pos = B.not_(msb(add_public(part, minus1, party=party), party=party, sender=sender), party=party, live=1)
-            return inject(pos, [None, part], party=party, sender=sender)
+            pos = B.not_(msb(add_public(part, minus1, party=party), party=party, sender=sender, bits=bits),
+                         party=party, live=1)
+            return inject(pos, [None, part] if need_bit else [part], party=party, sender=sender)
 
-        bit, y = chunked(flat.cur.numel(), convert.CHUNK, one)
-        return y.map(lambda t: t.view(x.shape)), bit.map(lambda t: t.view(x.shape))
+        outs = chunked(flat.cur.numel(), convert.CHUNK, one)
+        y = outs[-1].map(lambda t: t.view(x.shape))
+        return y, (outs[0].map(lambda t: t.view(x.shape)) if need_bit else None)
 
 
 def relu_backward(grad: Shares, drelu_bit: Shares, *, party) -> Shares:
@@ -193,7 +211,8 @@ def relu_backward(grad: Shares, drelu_bit: Shares, *, party) -> Shares:
 # ---------------------------------------------------------------------------------------------------------------------
 # Max / argmax
 
-def _max_last(x: Shares, *, party, sender: int | None = None) -> tuple[Shares, Shares]:
+def _max_last(x: Shares, *, party, sender: int | None = None, bits: int = 64,
+              need_onehot: bool = True) -> tuple[Shares, Shares | None]:
     """Max over the last dimension by a pairwise tree (_max_rows) on slices of rows: a multiple of 24 rows of at
     most convert.CHUNK elements in all (at least 24 rows), so the bytes are those of one tree over all rows."""
     n = x.shape[-1]
@@ -201,12 +220,14 @@ def _max_last(x: Shares, *, party, sender: int | None = None) -> tuple[Shares, S
         raise ValueError("max over an empty dimension")
     x2 = x.map(lambda t: t.reshape(-1, n))
     rows = builtins.max(24, convert.CHUNK // n // 24 * 24)
-    vals, oh = chunked(x2.shape[0], rows, lambda lo, hi: _max_rows(x2.map(lambda t: t[lo:hi]), party=party,
-                                                                   sender=sender))
-    return vals.map(lambda t: t.view(x.shape[:-1])), oh.map(lambda t: t.view(x.shape))
+    outs = chunked(x2.shape[0], rows, lambda lo, hi: _max_rows(x2.map(lambda t: t[lo:hi]), party=party,
+                                                               sender=sender, bits=bits, need_onehot=need_onehot))
+    vals = outs[0].map(lambda t: t.view(x.shape[:-1]))
+    return vals, (outs[1].map(lambda t: t.view(x.shape)) if need_onehot else None)
 
 
-def _max_rows(x: Shares, *, party, sender: int | None = None) -> tuple[Shares, Shares]:
+def _max_rows(x: Shares, *, party, sender: int | None = None, bits: int = 64,
+              need_onehot: bool = True) -> list[Shares]:
     """Max over the last dimension of (R, n) rows by a pairwise tree: (values (R,), onehot (R, n)).
 
     Level: candidates (0,1), (2,3), ... are compared (an odd last one is carried); bit = [a >= b] (ties keep the
@@ -214,6 +235,7 @@ def _max_rows(x: Shares, *, party, sender: int | None = None) -> tuple[Shares, S
     original position remembers which candidate holds it; the onehots of the two paired groups are updated in the
     same inject round as the values: oh_a *= bit, oh_b -= bit * oh_b (the first level needs only b2a of the bit).
     All rows are flattened into one vector per level so that the balanced mode spreads the sender role over them.
+    need_onehot=False: [values] only (each level's inject carries the selection alone); else [values, onehot].
     """
     n = x.shape[-1]
     if n == 0:
@@ -236,8 +258,10 @@ def _max_rows(x: Shares, *, party, sender: int | None = None) -> tuple[Shares, S
         q = pos.numel()
         with party.label(f"level{level}"):
             flat_diff = diff.map(lambda t: t.reshape(-1))
-            ge_bit = B.not_(msb(flat_diff, party=party, sender=sender), party=party, live=1)  # [a >= b]
-            if oh is None:
+            ge_bit = B.not_(msb(flat_diff, party=party, sender=sender, bits=bits), party=party, live=1)  # [a >= b]
+            if not need_onehot:
+                sel, = inject(ge_bit, [flat_diff], party=party, sender=sender)
+            elif oh is None:
                 sel, bit = inject(ge_bit, [flat_diff, None], party=party, sender=sender)
                 g = bit.map(lambda t: t.view(R, k)[:, pair_of])
                 at_pos = _where(side_b, _one_minus(g, party=party), g)
@@ -249,21 +273,26 @@ def _max_rows(x: Shares, *, party, sender: int | None = None) -> tuple[Shares, S
                                    party=party, sender=sender)
                 prod = prod.map(lambda t: t.view(R, q))
                 at_pos = _where(side_b, ohp - prod, prod)
-        cur, prev = oh.cur.clone(), oh.prev.clone()
-        cur[:, pos], prev[:, pos] = at_pos.cur, at_pos.prev
-        oh = Shares(cur, prev)
+        if need_onehot:
+            cur, prev = oh.cur.clone(), oh.prev.clone()
+            cur[:, pos], prev[:, pos] = at_pos.cur, at_pos.prev
+            oh = Shares(cur, prev)
         new = b + sel.map(lambda t: t.view(R, k))
         if m % 2:
             new = Shares(torch.cat([new.cur, cand.cur[:, -1:]], -1), torch.cat([new.prev, cand.prev[:, -1:]], -1))
         cand = new
         owner = torch.where(owner < 2 * k, owner // 2, torch.full_like(owner, k))
         level += 1
+    vals = cand.map(lambda t: t.view(lead))
+    if not need_onehot:
+        return [vals]
     if oh is None:
         oh = _ones((R, n), party=party)
-    return cand.map(lambda t: t.view(lead)), oh.map(lambda t: t.view(x.shape))
+    return [vals, oh.map(lambda t: t.view(x.shape))]
 
 
-def max(x: Shares, dim: int, keepdim: bool = False, *, party, sender: int | None = None) -> tuple[Shares, Shares]:
+def max(x: Shares, dim: int, keepdim: bool = False, *, party, sender: int | None = None, bits: int = 64,
+        need_onehot: bool = True) -> tuple[Shares, Shares | None]:
     """(max along `dim`, onehot of the (first) argmax, same shape as x).
 
     ceil(log2 n) comparison levels of 8 rounds each (msb 7 + one inject round that also updates the onehots).
@@ -272,13 +301,15 @@ def max(x: Shares, dim: int, keepdim: bool = False, *, party, sender: int | None
     Cost per level, single sender: sender S(N) + T(N) + 16 (2N) bytes at level 0, S(N) + T(N) + 16 (2N + R q)
     later; others H(N) + T(N) + 8 (2N) at level 0, H(N) + T(N) + 8 (N + R q) later. Balanced: the same total
     spread over the three parties (each sends ~1/3 of the sum over roles).
-    Range: |x| < 2^62 raw (differences must not wrap).
+    Range: |x| < 2^62 raw (differences must not wrap); bits = l < 64 compares the differences as l-bit integers
+    (convert.msb; |x| < 2^(l-2) raw), fewer bytes. need_onehot=False: no onehot (None), each level's inject round
+    carries the selected values only (2N elements fewer per level in all, and no onehot updates).
     """
     dim = dim % builtins.max(x.cur.dim(), 1)
     with party.label("max"):
         xt = x.map(lambda t: t.movedim(dim, -1))
-        vals, oh = _max_last(xt, party=party, sender=sender)
-        oh = oh.map(lambda t: t.movedim(-1, dim))
+        vals, oh = _max_last(xt, party=party, sender=sender, bits=bits, need_onehot=need_onehot)
+        oh = oh.map(lambda t: t.movedim(-1, dim)) if need_onehot else None
         if keepdim:
             vals = vals.map(lambda t: t.unsqueeze(dim))
         return vals, oh
@@ -400,19 +431,21 @@ class MaxPoolSaved:
 
 
 def max_pool2d(x: Shares, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, party,
-               sender: int | None = None) -> tuple[Shares, MaxPoolSaved]:
+               sender: int | None = None, bits: int = 64,
+               need_onehot: bool = True) -> tuple[Shares, MaxPoolSaved | None]:
     """F.max_pool2d on shares (all torch arguments), plus the saved onehot for backward.
 
-    Windows are gathered locally (padding = the public PAD_NEG, below every in-range value), then max over the
+    Windows are gathered locally (padding = the public pad_neg(bits), below every in-range value), then max over the
     K = kh * kw window elements with the comparison tree of `max`: ceil(log2 K) levels of 8 rounds, values exact.
     Cost: as `max` with R = N C OH OW rows of n = K values (e.g. 2x2: 16 rounds per slice of rows, see _max_last).
-    Range: |x| < 2^62 raw.
+    Range: |x| < 2^62 raw; bits = l < 64 (as in `max`): |x| < 2^(l-2) raw, padding -2^(l-2).
+    need_onehot=False (no backward will run): values only, the saved selection is None (see `max`).
     """
     geo = pool_geometry(tuple(x.shape), kernel_size, stride, padding, dilation, ceil_mode, op="max_pool2d")
     with party.label("max_pool2d"):
-        win = _windows(x, geo, PAD_NEG, party=party)
-        vals, oh = _max_last(win, party=party, sender=sender)
-    return _unbatch(vals, geo), MaxPoolSaved(oh, geo)
+        win = _windows(x, geo, pad_neg(bits), party=party)
+        vals, oh = _max_last(win, party=party, sender=sender, bits=bits, need_onehot=need_onehot)
+    return _unbatch(vals, geo), (MaxPoolSaved(oh, geo) if need_onehot else None)
 
 
 def max_pool2d_backward(grad_out: Shares, saved: MaxPoolSaved, *, party) -> Shares:

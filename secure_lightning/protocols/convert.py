@@ -138,19 +138,29 @@ def a2b(x: Shares, *, party, sender: int | None = None) -> BinShares:
         return B.xor(p, B.lshift(B.and_public(carries, G_LIVE), 1))
 
 
-def msb(x: Shares, *, party, sender: int | None = None) -> BinShares:
-    """Sign bit of x as a binary share at bit 0: [x < 0] for x read as signed. Exact for EVERY x in Z_2^64.
+def msb(x: Shares, *, party, sender: int | None = None, bits: int = 64) -> BinShares:
+    """Sign bit of x as a binary share at bit 0: [x < 0] for x read as signed. bits = 64: exact for EVERY x in
+    Z_2^64; bits = l < 64: the sign of x read as an l-bit signed integer, exact while -2^(l-1) <= x < 2^(l-1).
 
-    msb(v + c) = v_63 ^ c_63 ^ carry_63. After split_generate_propagate, g and p are shifted left by one bit so that
-    the carry into bit 63 is the group generate of a full 64-bit word (bit 0: g = p = 0), computed by
-    binary.group_generate (a reduction tree, not all prefixes).
-    Cost: 7 rounds. Round 1 (split): single sender P_s 2 (8n + ceil(63n/8)) bytes, P_n and P_p ceil(63n/8);
-    balanced (default, n = 3m) 2 (8m + ceil(126m/8)) each. Rounds 2-7 (tree): every party sum_k ceil(n b_k / 8),
-    b = (63, 31, 15, 7, 3, 1). Per element: single sender ~46.75 bytes (P_s) / ~22.9 (others); balanced ~30.8 each.
+    msb(v + c) = v_63 ^ c_63 ^ carry_63. With l < 64 bits, x is first moved up by z = 64 - l bits (x 2^z mod 2^64,
+    local): the low z bits of every share are then zero, so only the top l bits of the split's messages and of the
+    carry tree are live (reduction mod 2^l is a ring homomorphism; the sign of an in-range x is bit l - 1 of it).
+    After split_generate_propagate, g and p are shifted left by one bit so that the carry into bit 63 is the group
+    generate of a full 64-bit word (bit 0: g = p = 0), computed by binary.group_generate (a reduction tree).
+    Cost: 7 rounds. Round 1 (split): single sender P_s 2 message_nbytes([(n, l), (n, l - 1)]) bytes, P_n and P_p
+    ceil(n (l - 1) / 8); balanced (default, n = 3m) 2 message_nbytes([(m, l), (m, l - 1), (m, l - 1)]) each.
+    Rounds 2-7 (tree): every party sum_k ceil(n b_k / 8), b = group_generate's live bits at lo = 64 - l:
+    (63, 31, 15, 7, 3, 1) for l = 64, (47, 23, 11, 5, 2, 1) for l = 48. Per element, balanced: ~30.8 bytes each
+    (l = 64), ~22.95 (l = 48).
     """
+    if not 2 <= bits <= 64:
+        raise ValueError(f"msb: bits must be in [2, 64], got {bits}")
+    z = 64 - bits
     with party.label("msb"):
-        g, p = split_generate_propagate(x, B.ALL, G_LIVE, party=party, sender=sender)
-        top = B.group_generate(B.lshift(g, 1), B.lshift(p, 1), party=party)
+        if z:
+            x = x.map(lambda t: t << z)
+        g, p = split_generate_propagate(x, B.mask_range(z, 64), B.mask_range(z, 63), party=party, sender=sender)
+        top = B.group_generate(B.lshift(g, 1), B.lshift(p, 1), party=party, lo=z)
         return B.bit(B.xor(p, top), 63)
 
 

@@ -91,6 +91,26 @@ def product_limit(party, extra_bits: int = 0) -> float:
     return float(2.0 ** (62 - 2 * f - extra_bits - PRODUCT_MARGIN_BITS))
 
 
+# Secure layers compare on 68 - f bits (+ deferred bits): 5 bits above the largest product output, 2^(62-f) raw.
+COMPARISON_MARGIN_BITS = 5
+
+
+def comparison_bits(party, extra_bits: int = 0) -> int:
+    """Width l of the comparisons a secure layer (ReLU, max pooling) runs on values at scale f + extra_bits:
+    min(64, 63 - f + extra_bits + 1 + COMPARISON_MARGIN_BITS), i.e. 48 at f = 20. An exact product's output is below
+    2^(62-f+extra_bits) raw, 32 times inside the l-bit range; the input itself is watched (`watch_comparison`)."""
+    f = party.encoding.frac_bits
+    return min(64, 64 - f + extra_bits + COMPARISON_MARGIN_BITS - 1)
+
+
+def watch_comparison(x: Shares, bits: int, op: str, *, party) -> None:
+    """Overflow guard for an l-bit comparison's input: sample x for |x| < 2^(l-2) raw (differences of two such
+    values, max pooling's, stay inside the l-bit range; a single value has a factor 2 to spare, as products do).
+    Cost: 0 (local); a no-op when bits = 64 (exact for every ring value) or the guard is off."""
+    if bits < 64 and getattr(party, "guard", None) is not None:
+        watch(x, float(1 << (bits - 2)), describe(op, party), party=party, scale_bits=0)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Layer context (which secure nn layer is running); process-wide, one party per process
 

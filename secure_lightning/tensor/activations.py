@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ..protocols import compare
+from ..protocols import compare, guard
 from .dispatch import implements_function, make_public, party_of, shares_of, wrap
 from .shared import SharedTensor
 
@@ -19,14 +19,18 @@ from .shared import SharedTensor
 # ReLU
 
 class ReLUFn(torch.autograd.Function):
-    """y = relu(x) with compare.relu; the sign bit is kept for backward (one product, no new comparison)."""
+    """y = relu(x) with compare.relu on guard.comparison_bits(f + e) bits (48 at f = 20), the input handed to the
+    overflow guard; the sign bit is kept for backward (one product, no new comparison) unless no backward will run
+    (need_bit False: the inject round then carries y alone)."""
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, need_bit):
         party = x.party
         xs, e = x.raw_shares  # relu(x / 2^e) = relu(x) / 2^e: a deferred scale passes through
+        bits = guard.comparison_bits(party, e)
         with party.label("relu"):
-            y, bit = compare.relu(xs, party=party)
+            guard.watch_comparison(xs, bits, "relu", party=party)
+            y, bit = compare.relu(xs, party=party, bits=bits, need_bit=need_bit)
         ctx.bit, ctx.party = bit, party
         return wrap(y, party).defer_scale(e)
 
@@ -34,9 +38,11 @@ class ReLUFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g):
         party = ctx.party
+        if ctx.bit is None:
+            raise RuntimeError("secure relu: backward through an output computed without gradient tracking")
         gs, e = g.raw_shares if isinstance(g, SharedTensor) else (shares_of(g, party), 0)
         with party.label("relu_backward"):
-            return wrap(compare.relu_backward(gs, ctx.bit, party=party), party).defer_scale(e)
+            return wrap(compare.relu_backward(gs, ctx.bit, party=party), party).defer_scale(e), None
 
 
 def relu(x, inplace: bool = False):
@@ -44,7 +50,7 @@ def relu(x, inplace: bool = False):
         raise TypeError("secure relu takes a SharedTensor")
     if x.public is not None:
         return make_public(torch.relu(x.public), x.party)
-    return ReLUFn.apply(x)
+    return ReLUFn.apply(x, torch.is_grad_enabled() and x.requires_grad)
 
 
 @implements_function(F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_, F.relu_)

@@ -293,7 +293,7 @@ def relu_values(x: SharedTensor) -> SharedTensor:
     """relu(x) without keeping the sign bit (the aten-level ReLU family; F.relu goes to activations.ReLUFn)."""
     if x.public is not None:
         return make_public(torch.relu(x.public), x.party)
-    y, _ = compare.relu(x.shares, party=x.party)
+    y, _ = compare.relu(x.shares, party=x.party, need_bit=False)
     return wrap(y, x.party)
 
 
