@@ -821,8 +821,8 @@ def _shifted_exp(x: Shares, dim: int, clamp: bool, *, party, keep: torch.Tensor 
     """(d, e, s): d = x - max(x, dim), e = e^max(d, -32) at scale 2^(f+4), s = sum(e, dim) (keepdim).
 
     keep: a public boolean mask broadcastable to x (False: the entry takes no part). Masked entries are set to
-    -MASKED_FILL before the max (local: a product with the 0/1 mask and a public addition), so the max is over the
-    kept entries (MASKED_FILL = 2 value_top(f), below every in-range value); their exponentials are multiplied by
+    -2 value_top(f), below every in-range value, before the max (local: a product with the 0/1 mask and a public
+    addition), so the max is over the kept entries; their exponentials are multiplied by
     the mask (exact zeros). A row with no kept entry gets s = 1 (public), so its outputs are 0 (torch's convention)
     and the division stays in range. Requires clamp=True (a masked d is far below exp's range before the clamp)."""
     f = party.encoding.frac_bits
