@@ -48,6 +48,9 @@ SUPPORTED: tuple = (
     nn.ModuleDict, nn.ParameterList, nn.ParameterDict, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.MSELoss,
     nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh,
     nn.Upsample,  # mode="nearest" (a public gather); other modes raise naming their aten op
+    nn.MultiheadAttention, nn.modules.linear.NonDynamicallyQuantizableLinear,  # tensor/ops_attention.py
+    nn.TransformerEncoderLayer, nn.TransformerEncoder,  # their norms must be supported too
+    nn.Embedding,  # tensor/ops_embedding.py
 )
 
 ADVICE: dict = {
@@ -62,12 +65,12 @@ ADVICE: dict = {
     nn.AdaptiveAvgPool1d: "use nn.AdaptiveAvgPool2d on a (N, C, 1, L) view",
     nn.Conv3d: "use nn.Conv2d", nn.ConvTranspose2d: "use nn.Conv2d (e.g. on a zero-dilated input)",
     nn.ConvTranspose1d: "use nn.Conv1d",
-    nn.Embedding: "one-hot encode the indices and use nn.Linear", nn.EmbeddingBag: "use nn.Linear on one-hot inputs",
+    nn.EmbeddingBag: "use nn.Embedding and a sum or mean over the bag",
     nn.LSTM: "recurrent layers are not supported; use nn.Conv1d or nn.Linear",
     nn.GRU: "recurrent layers are not supported; use nn.Conv1d or nn.Linear",
     nn.RNN: "recurrent layers are not supported; use nn.Conv1d or nn.Linear",
-    nn.MultiheadAttention: "attention is not supported; use nn.Linear/nn.Conv layers",
-    nn.Transformer: "attention is not supported", nn.TransformerEncoderLayer: "attention is not supported",
+    nn.Transformer: "use nn.TransformerEncoder (decoder layers are not supported on shares yet)",
+    nn.TransformerDecoder: "use nn.TransformerEncoder", nn.TransformerDecoderLayer: "use nn.TransformerEncoderLayer",
     nn.AlphaDropout: "use nn.Dropout", nn.Dropout1d: "use nn.Dropout", nn.Dropout3d: "use nn.Dropout2d",
     nn.BCELoss: "use nn.MSELoss or nn.CrossEntropyLoss with 2 classes",
     nn.BCEWithLogitsLoss: "use nn.CrossEntropyLoss with 2 classes", nn.L1Loss: "use nn.MSELoss",

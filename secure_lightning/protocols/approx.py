@@ -817,9 +817,21 @@ def tanh(x: Shares, *, party) -> Shares:
 # ---------------------------------------------------------------------------------------------------------------------
 # softmax, log_softmax
 
-def _shifted_exp(x: Shares, dim: int, clamp: bool, *, party):
-    """(d, e, s): d = x - max(x, dim), e = e^max(d, -32) at scale 2^(f+4), s = sum(e, dim) (keepdim)."""
+def _shifted_exp(x: Shares, dim: int, clamp: bool, *, party, keep: torch.Tensor | None = None):
+    """(d, e, s): d = x - max(x, dim), e = e^max(d, -32) at scale 2^(f+4), s = sum(e, dim) (keepdim).
+
+    keep: a public boolean mask broadcastable to x (False: the entry takes no part). Masked entries are set to
+    -2 value_top(f), below every in-range value, before the max (local: a product with the 0/1 mask and a public
+    addition), so the max is over the kept entries; their exponentials are multiplied by
+    the mask (exact zeros). A row with no kept entry gets s = 1 (public), so its outputs are 0 (torch's convention)
+    and the division stays in range. Requires clamp=True (a masked d is far below exp's range before the clamp)."""
     f = party.encoding.frac_bits
+    if keep is not None:
+        if not clamp:
+            raise ValueError("softmax: a keep mask needs clamp=True")
+        keep_int = keep.to(device=x.cur.device, dtype=torch.int64).expand(x.shape)
+        x = mul_int(x, keep_int)
+        x = add_public(x, (keep_int - 1) * _int(2 * value_top(f), f, "masked fill"), party=party)
     mx = compare.max(x, dim, keepdim=True, party=party)[0]
     d = x - mx
     dc = d
@@ -827,7 +839,13 @@ def _shifted_exp(x: Shares, dim: int, clamp: bool, *, party):
         c = _int(SOFTMAX_CLAMP, f)
         dc = d + compare.relu(add_public(-d, _ring(-c, party=party), party=party), party=party)[0]
     e = _exp(dc, f, SOFTMAX_SQUARINGS, 0.0, f + 4, party=party)
+    if keep is not None:
+        e = mul_int(e, keep_int)
     s = e.map(lambda t: t.sum(dim, keepdim=True))
+    if keep is not None:
+        empty = (~keep_int.bool().any(dim, keepdim=True)).to(torch.int64)  # public: rows with no kept entry
+        if bool(empty.any()):
+            s = add_public(s, empty * (1 << (f + 4)), party=party)
     return d, e, s
 
 
@@ -835,8 +853,9 @@ def _octave_hi(n: int) -> float:
     return 2.0 ** max(1, math.ceil(math.log2(n)))
 
 
-def softmax(x: Shares, dim: int, *, party, clamp: bool = True) -> Shares:
-    """exp(x - max) / sum exp(x - max) along dim.
+def softmax(x: Shares, dim: int, *, party, clamp: bool = True, keep: torch.Tensor | None = None) -> Shares:
+    """exp(x - max) / sum exp(x - max) along dim; with a public boolean `keep` mask (broadcastable to x), over the
+    kept entries only (masked outputs are exactly 0, a row with none kept is all 0): the mask costs nothing.
 
     Method: compare.max (values); d = x - max <= 0, clamped to [-32, 0] with one compare.relu (clamp=True; an
     element 32 below the max gets e^-32 = 1.3e-14 instead of less); e = exp(d) (4 squarings: 7 layers, held at
@@ -851,7 +870,7 @@ def softmax(x: Shares, dim: int, *, party, clamp: bool = True) -> Shares:
     """
     with party.label("softmax"):
         n = x.shape[dim]
-        d, e, s = _shifted_exp(x, dim, clamp, party=party)
+        d, e, s = _shifted_exp(x, dim, clamp, party=party, keep=keep)
         steps, iters = (2, 3) if n > 2 else (1, 4)
         f = party.encoding.frac_bits
         return _goldschmidt(e, f + 4, s, f + 4, party=party, lo=1.0, hi=_octave_hi(n), steps=steps,

@@ -136,8 +136,19 @@ def share_tagged(x, owner: int, prepare, *, party, label: str = "input", data: b
     return _share(x, owner, prepare, party=party, label=label, data=data)
 
 
-def _share(x, owner: int, prepare, *, party, label: str, data: bool) -> tuple[Shares, int | None]:
-    """share() and share_tagged(): header round (status, [tag], shape) from the owner, then share_encoded."""
+def share_ring(x, owner: int, prepare, *, party, label: str = "input") -> Shares:
+    """Share ring integers that are not fixed-point encoded (0/1 one-hot rows, bits): the owner runs
+    `prepare(x) -> int64 tensor`, which may refuse x by raising (every party then raises the same error type, as in
+    share()); the result is shared as it is, so a product with it needs no truncation.
+    Cost: as share(): 2 rounds; the owner sends 2 x 80 header bytes and 2 ring elements per element, others nothing.
+    """
+    return _share(x, owner, None, party=party, label=label, data=True, ring_values=prepare)[0]
+
+
+def _share(x, owner: int, prepare, *, party, label: str, data: bool,
+           ring_values=None) -> tuple[Shares, int | None]:
+    """share(), share_tagged() and share_ring(): header round (status, [tag], shape) from the owner, then
+    share_encoded. ring_values: share_ring's prepare (the value is taken as ring integers, not encoded)."""
     tagged = prepare is not None
     enc, tag = None, (0 if tagged else None)
     if owner not in (0, 1, 2):
@@ -150,11 +161,17 @@ def _share(x, owner: int, prepare, *, party, label: str, data: bool) -> tuple[Sh
                     raise ValueError("the owner must pass a tensor")
                 if tagged:
                     x, tag = prepare(x)
+                if ring_values is not None:
+                    x = ring_values(x)
                 if not isinstance(x, torch.Tensor):
                     x = torch.as_tensor(x)
                 if x.dim() > MAX_SHARE_DIMS:
                     raise ValueError(f"at most {MAX_SHARE_DIMS} dimensions can be shared, got {x.dim()}")
-                enc = party.encoding.encode(x, what=label, limit=party.encoding.max_abs if data else None).to(party.device)
+                if ring_values is not None:
+                    enc = x.to(device=party.device, dtype=ring.DTYPE)
+                else:
+                    enc = party.encoding.encode(x, what=label,
+                                                limit=party.encoding.max_abs if data else None).to(party.device)
             except Exception as e:  # refuse on all parties rather than leave the others waiting
                 err, enc, tag = e, None, (0 if tagged else None)
             h = _header(_STATUS_OK if err is None else _status_of(err), enc.shape if enc is not None else (), tag)

@@ -6,12 +6,13 @@
     loss.backward()                   # shared .grad on shared parameters
     reveal_tensor(loss)               # opened to all parties
 
-Importing this package registers every handler (ops_*.py and the autograd Functions in activations.py, pooling.py,
+Importing this package registers every handler (ops_*.py, attention and embedding included, and the autograd Functions in activations.py, pooling.py,
 losses.py, batch_norm_fn.py) in the dispatch tables.
 """
 from . import ops_factories, ops_linear, ops_nonlinear, ops_optim, ops_pointwise, ops_reduction, ops_shape  # noqa: F401
 from . import ops_norm, ops_piecewise  # noqa: F401  (clamp, leaky_relu, abs, sign; norm, normalize: Functions)
 from . import optim_adaptive  # noqa: F401  (routes torch.optim Adam/AdamW/RMSprop on shares)
+from . import ops_attention, ops_embedding  # noqa: F401  (scaled_dot_product_attention, multi-head attention; embedding)
 from .activations import dropout, relu  # noqa: F401
 from .batch_norm_fn import batch_norm  # noqa: F401
 from .losses import cross_entropy, log_softmax, nll_loss, softmax  # noqa: F401

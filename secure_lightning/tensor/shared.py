@@ -16,6 +16,9 @@ storage. It holds
           to skip a protocol (a product with a public value needs no multiplication protocol). It is tied to the
           write generation of the shares' storages (`note_write`): an in-place write through this tensor or any
           tensor aliasing its shares (views) makes it None again.
+  owner_integers  None, or (owner, value) on an integer tensor made by share_tensor: the rank that shared it (public)
+          and, on that party only, its own plaintext (None on the others). Lets the owner share derived data
+          cheaply (an embedding's one-hot rows). Not carried to results of ops.
 
 Because the outer dtype is a float, `requires_grad`, `nn.Parameter` and torch.optim accept it. Autograd records
 operations above `__torch_dispatch__`, so backward ops dispatch back in and gradients are SharedTensors.
@@ -77,6 +80,7 @@ class SharedTensor(torch.Tensor):
     shares: Shares
     party: object
     public: torch.Tensor | None
+    owner_integers: tuple | None = None
 
     @staticmethod
     def __new__(cls, shares: Shares, party, dtype: torch.dtype = torch.float32, requires_grad: bool = False,

@@ -46,6 +46,8 @@ def share_tensor(x, owner: int, party, requires_grad: bool = False, label: str =
     Data (data=True, the default) must satisfy |x| < party.encoding.max_abs = 2^(62-2f), the range in which a first
     layer's product stays exact; other values (data=False: model parameters) only the encoding's hard limit 2^(62-f).
 
+    An integer result records (owner, the owner's plaintext on the owner only) as `owner_integers`.
+
     Shape and logical dtype are public and travel in a header from the owner (protocols.sharing.share_tagged); a
     refused input (NaN/inf, out of the fixed-point range, too many dimensions) raises the same error type on every
     party.
@@ -55,7 +57,10 @@ def share_tensor(x, owner: int, party, requires_grad: bool = False, label: str =
         raise ValueError(f"share_tensor: owner must be 0, 1 or 2, got {owner}")
     shares, code = S.share_tagged(x, owner, _prepare, party=party, label=label, data=data)
     dtype = _CODE_DTYPES[code]
-    return SharedTensor(shares, party, dtype=dtype, requires_grad=requires_grad and dtype == torch.float32)
+    out = SharedTensor(shares, party, dtype=dtype, requires_grad=requires_grad and dtype == torch.float32)
+    if dtype == torch.int64:  # the owner keeps its own integers (token ids) to share derived data from them
+        out.owner_integers = (owner, torch.as_tensor(x).detach().to(torch.int64) if party.rank == owner else None)
+    return out
 
 
 class RevealFn(torch.autograd.Function):
