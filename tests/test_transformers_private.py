@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import secure_lightning  # noqa: F401  (registers strategy="rss3pc")
 from datamodules.text import make_task
 from models import TextEncoder, ViT
 from tests.test_train_app import QUIET, run_cli
