@@ -134,7 +134,7 @@ def test_users_transformer_trains_under_rss3pc_like_plain(tmp_path):
         torch.testing.assert_close(secure[k].float(), want[k], atol=2e-3, rtol=0, msg=lambda m, k=k: f"{k}: {m}")
 
 
-# -- the goal: private accuracy within 3 points of plain at the default settings --------------------------------
+# -- the goal: private accuracy within 3 points of plain at the default settings ----------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("model, net", [("vit_tiny", ViT()), ("text_encoder", TextEncoder())])
 def test_default_private_run_is_within_3_points_of_plain(tmp_path, model, net):
