@@ -38,8 +38,10 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     `num_classes`, `channels` and `image_size` describe the tensors the module yields; model configs interpolate them
     (`${data.num_classes}` ...). Subclasses implement `check_data()` (raise DatasetNotFoundError with instructions)
-    and `setup(stage)`.
+    and `setup(stage)`. `input_dtype` is the dtype of the inputs (float32 images; int64 token ids for text).
     """
+
+    input_dtype = torch.float32
 
     def __init__(self, data_dir: str = "data", batch_size: int = 64, eval_batch_size: Optional[int] = None,
                  num_workers: int = 0, pin_memory: bool = False, num_classes: int = 10, channels: int = 1,

@@ -24,8 +24,9 @@ def make_cfg(*overrides, tmp="/tmp/secure_lightning_test_out"):
 def test_groups_have_the_documented_options():
     assert {"lenet", "alexnet", "vgg16", "resnet18", "resnet50", "resnet101", "resnet152", "resnet18_tv",
             "resnet50_tv", "resnet101_tv", "resnet152_tv", "alexnet_tv", "vgg16_tv", "digits_cnn",
-            "mlp"} <= set(options("model"))
-    assert {"digits", "mnist", "cifar10", "tiny_imagenet", "imagenet", "synthetic"} <= set(options("data"))
+            "mlp", "vit_tiny", "text_encoder"} <= set(options("model"))
+    assert {"digits", "mnist", "cifar10", "tiny_imagenet", "imagenet", "synthetic", "text_synth"} <= set(
+        options("data"))
     assert {"rss3pc", "plain"} <= set(options("strategy"))
     assert {"cpu", "gpu"} <= set(options("trainer"))
 
@@ -51,11 +52,14 @@ def test_rss3pc_strategy_instantiates():
 def test_data_config_instantiates(name, tmp_path):
     cfg = make_cfg(f"data={name}", f"paths.data_dir={tmp_path}")
     dm = instantiate(cfg.data)
-    assert dm.num_classes == cfg.data.num_classes and dm.channels == cfg.data.channels
-    if name in ("digits", "synthetic"):  # generated/bundled: load one batch
+    assert dm.num_classes == cfg.data.num_classes
+    if "channels" in cfg.data:  # images
+        assert dm.channels == cfg.data.channels
+    if name in ("digits", "synthetic", "text_synth"):  # generated/bundled: load one batch
         dm.setup("fit")
         x, y = next(iter(dm.train_dataloader()))
         assert tuple(x.shape[1:]) == dm.input_shape and x.shape[0] == cfg.data.batch_size
+        assert x.dtype == dm.input_dtype
         assert int(y.max()) < dm.num_classes
 
 
@@ -64,6 +68,8 @@ _SMALL = ["data=synthetic", "data.channels=3", "data.image_size=64", "data.num_c
 MODEL_DATA = {
     "digits_cnn": ["data=digits"],
     "mlp": ["data=digits"],
+    "vit_tiny": ["data=digits"],
+    "text_encoder": [],  # selects data=text_synth itself
     "lenet": ["data=synthetic", "data.channels=1", "data.image_size=28", "data.num_classes=10"],
     "alexnet": ["data=synthetic", "data.channels=3", "data.image_size=32", "data.num_classes=10"],
     "vgg16": ["data=synthetic", "data.channels=3", "data.image_size=32", "data.num_classes=10"],
@@ -74,13 +80,22 @@ MODEL_DATA = {
 def test_model_config_instantiates_and_runs(name):
     cfg = make_cfg("strategy=plain", f"model={name}", *MODEL_DATA.get(name, _SMALL))
     model = instantiate(cfg.model)
-    shape = instantiate(cfg.data).input_shape
+    dm = instantiate(cfg.data)
     model.eval()
     with torch.no_grad():
-        out = model(torch.zeros(1, *shape))
+        out = model(torch.zeros(1, *dm.input_shape, dtype=dm.input_dtype))
     assert out.shape == (1, cfg.data.num_classes)
     opt = model.configure_optimizers()
-    assert isinstance(opt, torch.optim.SGD) and opt.defaults["lr"] == cfg.model.optimizer.lr
+    assert type(opt).__name__ == cfg.model.optimizer._target_.rsplit(".", 1)[1]
+    assert opt.defaults["lr"] == cfg.model.optimizer.lr
+
+
+def test_text_encoder_takes_vocabulary_and_length_from_the_data():
+    cfg = make_cfg("strategy=plain", "model=text_encoder", "data.vocab_size=48", "data.seq_len=12")
+    assert cfg.data._target_ == "datamodules.TextSynthDataModule"
+    net = instantiate(cfg.model).net
+    assert net.embed.num_embeddings == 48 and net.pos_embed.shape[1] == 12
+    assert make_cfg("model=text_encoder", "data=synthetic").data._target_ == "datamodules.SyntheticDataModule"
 
 
 def test_scheduler_partial_is_wired():

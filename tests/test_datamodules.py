@@ -203,3 +203,50 @@ def test_imagenet_training_folder_missing(tmp_path):
     dm.setup("test")
     with pytest.raises(DatasetNotFoundError, match="ILSVRC2012_img_train.tar"):
         ImageNetDataModule(data_dir=str(tmp_path), num_classes=1).setup("fit")
+
+
+# -- generated text ----------------------------------------------------------------------------------------------------
+def test_text_synth_is_deterministic_int64_and_balanced():
+    from datamodules import TextSynthDataModule
+    a, b = TextSynthDataModule(), TextSynthDataModule()
+    a.setup(), b.setup()
+    assert (len(a.train_set), len(a.val_set), len(a.test_set)) == (1024, 256, 512)
+    x, y = a.train_set.tensors
+    assert x.shape == (1024, 16) and x.dtype == torch.int64 and y.dtype == torch.int64
+    assert a.input_shape == (16,) and a.input_dtype == torch.int64
+    assert int(x.min()) >= 1 and int(x.max()) < 32  # id 0 is reserved
+    assert torch.equal(x, b.train_set.tensors[0]) and torch.equal(y, b.train_set.tensors[1])  # same seed, same data
+    assert not torch.equal(x[:256], a.val_set.tensors[0])  # splits use different seeds
+    assert not torch.equal(x, TextSynthDataModule(seed=1).make_split(0).tensors[0])
+    assert 0.4 < float(y.float().mean()) < 0.6
+    xb, yb = next(iter(a.train_dataloader()))
+    assert xb.shape == (64, 16) and xb.dtype == torch.int64
+
+
+def _first(seq, token):
+    return seq.index(token) if token in seq else len(seq)
+
+
+@pytest.mark.parametrize("task", ["order", "majority"])
+def test_text_synth_labels_follow_the_markers(task):
+    from datamodules.text import MARK_A, MARK_B, make_task
+    tokens, labels = make_task(task, 300, 24, 12, 3, seed=5)
+    assert tokens.shape == (300, 12)
+    for seq, label in zip(tokens.tolist(), labels.tolist()):
+        n_a, n_b = seq.count(MARK_A), seq.count(MARK_B)
+        assert n_a != n_b and n_a <= 3 and n_b <= 3
+        want = _first(seq, MARK_A) < _first(seq, MARK_B) if task == "order" else n_a > n_b
+        assert label == int(want), (seq, label)
+
+
+def test_text_synth_rejects_bad_settings():
+    from datamodules import TextSynthDataModule
+    from datamodules.text import make_task
+    with pytest.raises(ValueError, match="task must be one of"):
+        TextSynthDataModule(task="parity")
+    with pytest.raises(ValueError, match="2 classes"):
+        TextSynthDataModule(num_classes=3)
+    with pytest.raises(ValueError, match="max_marks"):
+        make_task("order", 4, 32, 8, 5, seed=0)
+    with pytest.raises(ValueError, match="vocab_size"):
+        make_task("order", 4, 3, 8, 2, seed=0)
