@@ -14,7 +14,10 @@ So (R rows, D = row length, a = ceil(log2 D)):
   * x_hat = (D xc) (r/D) is one product truncated from scale f + s_r (s_r = 61 - f - log2 sqrt(D): |x_hat| < sqrt(D)
     always), so r/D keeps ~20 significant bits even for the largest variance.
 Range: |mean| < 2^(31-f) (2048 at f = 20; |sum x >> a| is handed to the overflow guard), S = D var < 2^(62-2f)
-(4.2e6 at f = 20: var < 4096 at D = 1024; guard: S + D eps outside the rsqrt octaves), D eps >= 2^-f.
+(4.2e6 at f = 20: var < 4096 at D = 1024), D eps >= 2^-f. S + D eps outside [lo, 2^(62-2f)] goes to the overflow
+guard: a row with 2^(62-2f) <= S < 2^(63-2f) is always flagged (its truncation is either exact, above the bound, or
+off by -2^(63-2f), below 0); a row with S >= 2^(63-2f) wraps the ring before the check, like an overflowing dot
+product, and is caught only when the wrapped value lands outside the domain.
 Error (f = 20): |x_hat - torch| <= 3e-6 + 2e-6 |x_hat| on those ranges (rsqrt's m^(-1/2) at 2^-24, r/D's 20 bits,
 one truncation); the affine output adds one product (1 ulp + |w| times that).
 
@@ -128,9 +131,10 @@ def forward(x: Shares, eps: float, *, party, center: bool) -> tuple[Shares, Save
     hi = 2.0 ** (63 - 2 * f)
     lo = 2.0 ** max(math.floor(math.log2(D * eps)), -f) if eps > 0 else 2.0 ** -f
     v = add_public(s, _ring(round(D * eps * 2.0 ** sigma), party=party), party=party)
-    c = round(lo * 2.0 ** sigma) + round(hi * 2.0 ** sigma)
-    approx._watch(lambda: add_public(v.map(lambda t: t * 2), _ring(-c, party=party), party=party), hi - lo,
-                  f"{'layer_norm' if center else 'rms_norm'}: sum of squares outside [{lo:.3g}, 2^{63 - 2 * f}] "
+    top = 2.0 ** (62 - 2 * f)       # the sum of squares' exact range
+    c = round(lo * 2.0 ** sigma) + round(top * 2.0 ** sigma)
+    approx._watch(lambda: add_public(v.map(lambda t: t * 2), _ring(-c, party=party), party=party), top - lo,
+                  f"{'layer_norm' if center else 'rms_norm'}: sum of squares outside [{lo:.3g}, 2^{62 - 2 * f}] "
                   f"(row variance too large, or D eps below 2^-f)", party=party, scale_bits=sigma)
     s_r = min(_max_scale(math.sqrt(D)) - f, 2 * f + R_EXTRA_BITS)
     (r_num,) = _rsqrt_rows(v, sigma, lo, hi, [(num_factor, s_r)], party=party)
@@ -152,8 +156,11 @@ def backward(g: Shares, saved: Saved, w: Shares | None, xw: Shares | None, *, pa
     zs, what = [], []
     if w is not None:
         gw_add = product_additive(g, w.map(lambda t: t.reshape(1, D)))
-        zs += [gw_add, gw_add.sum(-1, keepdim=True)]
-        what += ["gw", "s1"]
+        zs.append(gw_add)
+        what.append("gw")
+        if center:
+            zs.append(gw_add.sum(-1, keepdim=True))
+            what.append("s1")
     if need_dw:
         zs.append(product_additive(g, saved.x_hat).sum(0))
         what.append("dw")
@@ -162,7 +169,7 @@ def backward(g: Shares, saved: Saved, w: Shares | None, xw: Shares | None, *, pa
     what += ["s2", "r"]
     got = dict(zip(what, _trunc(zs, f, party=party)))
     gw, r = got.get("gw", g), got["r"]
-    s1 = got["s1"] if w is not None else _row_sum(g)
+    s1 = got["s1"] if "s1" in got else _row_sum(g)
     h = 61 - f - mean_bits(f)
     k = round(2.0 ** h / D)
     sums = [s1, got["s2"]] if center else [got["s2"]]
