@@ -10,7 +10,7 @@ Method (one comparison, then four truncation layers; approx.py's layer and scale
      coefficients c_k(J) of piece J's polynomial, and u = (xc - m_J) / 2^e (e fixed per function, so |u| <= 1 on every
      piece: reading the ring value at scale f + e divides by 2^e for free). u is exact, and u = 0 outside [t_1, t_K].
   3. p_J(u) = sum_{k<=12} c_k(J) u^k in four layers, the secret coefficients entering as products:
-        L1  u^2                 L2  u^3, u^4          L3  u^8, U = sum_{j<=4} c_{4+j}(J) u^j, W = sum_{j<=4} c_{8+j}(J) u^j
+        L1  u^2      L2  u^3, u^4      L3  u^8, U = sum_{j<=4} c_{4+j}(J) u^j, W = sum_{j<=4} c_{8+j}(J) u^j
         L4  c_0(J) + sum_{k<=4} c_k(J) u^k + u^4 U + u^8 W      (one truncation to 2^f)
      The derivative's polynomial (degree 11, its own coefficients) shares the powers: 2n more in L3, n more in L4.
   4. Above t_K the function is x (GELU, SiLU): c_0 = t_K there and relu(x - t_K) is added (exact); below t_1 it is 0.

@@ -22,9 +22,9 @@ Error (f = 20): |x_hat - torch| <= 3e-6 + 2e-6 |x_hat| on those ranges (rsqrt's 
 one truncation); the affine output adds one product (1 ulp + |w| times that).
 
 Cost (per party; n = R D elements): LayerNorm forward 2 (1 if D = 2^a) + 1 layers of R values, rsqrt on R values
-(ltz(K R) + 5 layers of R, R, 2R, R, R; K = log2(2^(63-2f) / lo) - 1), x_hat (one layer of n), w x_hat (one layer of n): 35 rounds (32 for D a
-power of two, +3 with a weight), 16 bytes per element (32 with a weight) + per-row terms. RMSNorm: no mean: 29
-rounds (32 with a weight). Backward (both): 4 layers, 12 rounds: 32 bytes per element with a weight, 16 without.
+(ltz(K R) + 5 layers of R, R, 2R, R, R; K = log2(2^(63-2f) / lo) - 1), x_hat (one layer of n),
+w x_hat (one layer of n): 35 rounds (32 for D a power of two, +3 with a weight), 16 bytes per element (32 with a
+weight) + per-row terms. RMSNorm: no mean: 29 rounds (32 with a weight). Backward (both): 4 layers, 12 rounds: 32 bytes per element with a weight, 16 without.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from typing import NamedTuple
 import torch
 
 from .. import ring
-from . import approx, guard
+from . import approx
 from .approx import MAX_SCALE, _Item, _layer, _max_scale
 from .arithmetic import product_additive, square_additive, truncate_additive
 from .sharing import Shares, add_public
