@@ -95,10 +95,10 @@ def test_secure_module_swaps_layers_shares_state_and_matches_torch(parties):
 def test_unsupported_layers_are_named_with_advice():
     from secure_lightning.nn import SecureLayers, UnsupportedLayerError
     cases = [
-        (nn.Sequential(nn.Linear(2, 2), nn.GELU()), ["'1' (GELU)", "nn.ReLU"]),
+        (nn.Sequential(nn.Linear(2, 2), nn.ELU()), ["'1' (ELU)", "nn.ReLU"]),
         (nn.Sequential(nn.LSTM(2, 2)), ["LSTM", "recurrent"]),
         (nn.Sequential(nn.MaxPool2d(2, return_indices=True)), ["return_indices"]),
-        (nn.Sequential(nn.LayerNorm(3)), ["LayerNorm", "BatchNorm"]),
+        (nn.Sequential(nn.GroupNorm(1, 3)), ["GroupNorm", "BatchNorm"]),
         (nn.Sequential(nn.CrossEntropyLoss(weight=torch.ones(3))), ["class weights"]),
     ]
     for module, words in cases:

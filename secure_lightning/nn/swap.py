@@ -49,15 +49,16 @@ SUPPORTED: tuple = (
     nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh,
     nn.Upsample,  # mode="nearest" (a public gather); other modes raise naming their aten op
     nn.MultiheadAttention, nn.modules.linear.NonDynamicallyQuantizableLinear,  # tensor/ops_attention.py
-    nn.TransformerEncoderLayer, nn.TransformerEncoder,  # their norms must be supported too
+    nn.TransformerEncoderLayer, nn.TransformerEncoder,  # eval's fused kernels are bypassed or routed
     nn.Embedding,  # tensor/ops_embedding.py
+    nn.GELU, nn.SiLU, nn.LayerNorm, nn.RMSNorm,  # tensor/ops_smooth.py, tensor/ops_layer_norm.py
 )
 
 ADVICE: dict = {
-    nn.GELU: "use nn.ReLU", nn.SiLU: "use nn.ReLU", nn.ELU: "use nn.ReLU or nn.LeakyReLU",
+    nn.ELU: "use nn.ReLU or nn.LeakyReLU",
     nn.Hardswish: "use nn.ReLU or nn.Hardtanh", nn.Softplus: "use nn.ReLU",
     nn.Mish: "use nn.ReLU", nn.PReLU: "use nn.ReLU",
-    nn.LayerNorm: "use nn.BatchNorm1d/2d", nn.GroupNorm: "use nn.BatchNorm2d", nn.InstanceNorm2d: "use nn.BatchNorm2d",
+    nn.GroupNorm: "use nn.BatchNorm2d or nn.LayerNorm", nn.InstanceNorm2d: "use nn.BatchNorm2d",
     nn.BatchNorm3d: "use 2-D layers (nn.BatchNorm2d)", nn.SyncBatchNorm: "use nn.BatchNorm2d",
     nn.MaxPool1d: "use nn.MaxPool2d on a (N, C, 1, L) view", nn.MaxPool3d: "use 2-D layers",
     nn.AdaptiveMaxPool2d: "use nn.MaxPool2d with a fixed kernel, or nn.AdaptiveAvgPool2d",

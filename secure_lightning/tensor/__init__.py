@@ -11,6 +11,7 @@ losses.py, batch_norm_fn.py) in the dispatch tables.
 """
 from . import ops_factories, ops_linear, ops_nonlinear, ops_optim, ops_pointwise, ops_reduction, ops_shape  # noqa: F401
 from . import ops_norm, ops_piecewise  # noqa: F401  (clamp, leaky_relu, abs, sign; norm, normalize: Functions)
+from . import ops_layer_norm, ops_smooth  # noqa: F401  (layer_norm, rms_norm, gelu, silu: Functions)
 from . import optim_adaptive  # noqa: F401  (routes torch.optim Adam/AdamW/RMSprop on shares)
 from . import ops_attention, ops_embedding  # noqa: F401  (scaled_dot_product_attention, multi-head attention; embedding)
 from .activations import dropout, relu  # noqa: F401

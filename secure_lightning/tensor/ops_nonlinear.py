@@ -335,10 +335,11 @@ advise([aten.native_batch_norm, aten._native_batch_norm_legit, aten._native_batc
        "call F.batch_norm / nn.BatchNorm2d on the SharedTensor (intercepted before aten, with approx.rsqrt)")
 advise([aten.native_dropout, aten.bernoulli, aten.native_dropout_backward],
        "call F.dropout / nn.Dropout on the SharedTensor (the mask comes from party.prg_common)")
-advise([aten.native_layer_norm, aten.gelu, aten.silu, aten.elu, aten.softplus,
-        aten.log_sigmoid],
-       "this activation/normalization has no secure implementation; use ReLU (F.relu), sigmoid/tanh "
-       "(approximations) or BatchNorm instead")
+advise([aten.elu, aten.softplus, aten.log_sigmoid],
+       "this activation has no secure implementation; use ReLU (F.relu), GELU / SiLU, or sigmoid/tanh "
+       "(approximations) instead")
+advise([aten.native_layer_norm, aten.native_layer_norm_backward, aten._fused_rms_norm],
+       "call F.layer_norm / nn.LayerNorm or F.rms_norm / nn.RMSNorm on the SharedTensor itself")
 advise([aten.embedding, aten.embedding_dense_backward],
        "embeddings are not supported on shares: one-hot encode the (public or shared) indices and use F.linear")
 
