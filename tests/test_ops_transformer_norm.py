@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.test_ops_users import relu_bytes, ltz_bytes
+from tests.test_ops_users import LAYER_BITS, ltz_bytes, relu_bytes
 from tests.test_tensor import _plain_fwd_bwd, _secure_fwd_bwd, _share
 
 ULP = 2.0 ** -20
@@ -115,8 +115,8 @@ def test_gelu_silu_costs_exact(parties):
         for name, K in (("gelu", 4), ("gelu_tanh", 4), ("silu", 5)):
             plain, fwd, bwd = out[name]
             # one relu on K n; layers of n, 2n, 3n, n (+ 2n, n for the derivative)
-            assert plain == (20, relu_bytes(K * n) + 16 * 7 * n), (name, plain)
-            assert fwd == (20, relu_bytes(K * n) + 16 * 10 * n), (name, fwd)
+            assert plain == (20, relu_bytes(K * n, LAYER_BITS) + 16 * 7 * n), (name, plain)
+            assert fwd == (20, relu_bytes(K * n, LAYER_BITS) + 16 * 10 * n), (name, fwd)
             assert bwd == (3, 16 * n), (name, bwd)  # g p'(x): one product
 
 

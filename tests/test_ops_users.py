@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from secure_lightning.protocols import binary as B
+
 from tests.test_tensor import ULP, _share, check
 
 ATOL_EXACT = 8 * ULP
@@ -20,20 +22,30 @@ def _nb(bits):
     return (bits + 7) // 8
 
 
-def T(n):
-    """msb's AND tree, bytes per party for n elements (protocols/compare.py)."""
-    return sum(_nb(b * n) for b in (63, 31, 15, 7, 3, 1))
+LAYER_BITS = 48  # guard.comparison_bits at f = 20: the width of a secure layer's comparisons
 
 
-def relu_bytes(n):
+def T(n, bits=64):
+    """msb's AND tree, bytes per party for n elements compared on `bits` bits (protocols/binary.py)."""
+    if bits == 64:
+        return sum(_nb(b * n) for b in (63, 31, 15, 7, 3, 1))
+    return sum(_nb(n * (bin(g).count("1") + bin(p).count("1"))) for g, p in B.group_generate_live(64 - bits))
+
+
+def _split(m, bits):
+    """msb's split round, balanced on n = 3 m elements: bytes per party."""
+    return 2 * (8 * m + _nb(126 * m)) if bits == 64 else 2 * _nb(m * (3 * bits - 2))
+
+
+def relu_bytes(n, bits=64):
     """compare.relu on n = 3 m elements, balanced: bytes per party (protocols/compare.py's cost table)."""
     m = n // 3
-    return 2 * (8 * m + _nb(126 * m)) + T(n) + 64 * m
+    return _split(m, bits) + T(n, bits) + 64 * m
 
 
-def ltz_bytes(n):
+def ltz_bytes(n, bits=64):
     m = n // 3
-    return 2 * (8 * m + _nb(126 * m)) + T(n) + 32 * m
+    return _split(m, bits) + T(n, bits) + 32 * m
 
 
 def _away_from(x, points, gap=2.0 ** -10):

@@ -17,12 +17,14 @@ Method (one comparison, then four truncation layers; approx.py's layer and scale
      The derivative is 1 / 0 there.
 
 Pieces are Chebyshev interpolants of torch's own float64 functions (F.gelu, F.gelu(approximate='tanh'), F.silu and
-their autograd derivatives) on each piece, computed once. Range: every x with |x| < 2^(62-f) (compare.relu's exact
-range); no overflow can occur for any input, because the powers are taken of the clamped u.
+their autograd derivatives) on each piece, computed once. Range: the comparison runs on guard.comparison_bits (68 - f,
+48 at f = 20, as ReLU's), exact for |x| < 2^(47-f) = 2^27 at f = 20, 32 times above any exact product's output; x is
+handed to the overflow guard (guard.watch_comparison). No overflow can occur inside, because the powers are taken of
+the clamped u.
 
 Cost (n elements, per party): relu(K n) + 4 layers of n, 2n, 3n, n (values only) = 8 + 12 = 20 rounds and
 16 * 7 = 112 bytes per element plus relu(K n) bytes; with the derivative (for backward) 16 * 10 = 160 bytes, same
-rounds. relu(K n) is compare.relu's cost on K n elements (~52.2 K bytes per element, balanced).
+rounds. relu(K n) is compare.relu's cost on K n elements on 48 bits (~44.3 K bytes per element, balanced).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ring
-from . import compare
+from . import compare, guard
 from .approx import _Item, _int, _layer, _max_scale
 from .arithmetic import product_additive, square_additive
 from .sharing import Shares, add_public
@@ -190,7 +192,9 @@ def evaluate(x: Shares, s: PiecewiseSpec, *, party, derivative: bool = False) ->
                        device=party.device).view(-1, *([1] * x.cur.dim()))
     stacked = add_public(Shares(x.cur.unsqueeze(0).expand(K, *x.shape), x.prev.unsqueeze(0).expand(K, *x.shape)),
                          -enc, party=party)
-    y, bits = compare.relu(stacked, party=party)
+    width = guard.comparison_bits(party)  # x is a layer's activation: compared on 68 - f bits, x watched
+    guard.watch_comparison(x, width, s.name, party=party)
+    y, bits = compare.relu(stacked, party=party, bits=width)
     low, high = y.map(lambda r: r[0]), y.map(lambda r: r[-1])
     xc = add_public(low - high, enc[0].reshape(()), party=party)                   # clamp(x, t_1, t_K)
     u = xc - _select(bits, s.mids, f, party=party)                                 # (xc - m_J) at scale f
@@ -219,11 +223,11 @@ def gelu(x: Shares, *, party, approximate: str = "none", derivative: bool = Fals
     derivative when asked (saved for backward).
 
     Pieces: thresholds -5.5, -1.5, 1.5, 5.5 (3 pieces of degree 12 in u = (x - m_J) / 2); 0 below -5.5, x above 5.5.
-    Range: every x (|x| < 2^(62-f)). Error (f = 20): |err| <= 3e-6 (value; polynomial error 1.8e-7 erf form, 6e-8
+    Range: |x| < 2^27 at f = 20 (module docstring). Error (f = 20): |err| <= 3e-6 (value; polynomial error 1.8e-7 erf form, 6e-8
     tanh form, the rest fixed-point rounding), derivative <= 5e-6 (polynomial error 2.3e-6 / 8e-7); exact x above
     5.5 and exactly 0 below -5.5 (where |GELU(x) - x| resp. |GELU(x)| <= 1.04e-7).
     Cost: relu(4n) + 4 layers: 20 rounds; 112 bytes per element per party plus relu(4n) bytes (derivative too:
-    160 bytes). PUMA's piecewise GELU (0 / degree 3 / degree 6 / x on -4, -1.95, 3) costs ltz(3n) + 4 layers
+    160 bytes): ~289 bytes per element (~337 with the derivative). PUMA's piecewise GELU (0 / degree 3 / degree 6 / x on -4, -1.95, 3) costs ltz(3n) + 4 layers
     and a mux round here (18 rounds, ~229 bytes) with error 2e-2 (the jump at x = 3).
     """
     name = {"none": "gelu", "tanh": "gelu_tanh"}[approximate]
@@ -235,7 +239,7 @@ def silu(x: Shares, *, party, derivative: bool = False):
     """SiLU(x) = x sigmoid(x), and its derivative when asked.
 
     Pieces: thresholds -18, -4, 0, 4, 18 (4 pieces of degree 12 in u = (x - m_J) / 8); 0 below -18, x above 18.
-    Range: every x (|x| < 2^(62-f)). Error (f = 20): |err| <= 4e-6 (polynomial error 1.4e-6), derivative
+    Range: |x| < 2^27 at f = 20 (module docstring). Error (f = 20): |err| <= 4e-6 (polynomial error 1.4e-6), derivative
     <= 8e-6 (5.8e-6).
     Cost: relu(5n) + 4 layers: 20 rounds; 112 bytes per element per party plus relu(5n) bytes (derivative too: 160).
     (x * sigmoid(x) with approx.sigmoid: 39 rounds, ~210 + relu(4n) bytes, 2e-6 |x| error.)
