@@ -1,5 +1,5 @@
 """benchmarks/transformer_layer.py: argument parsing, the case sets, grouping of comm labels, the plain part end to end,
-and the secure part on its smallest case (skipped until secure_module accepts nn.TransformerEncoderLayer)."""
+and the secure part on its smallest case."""
 import argparse
 import json
 
@@ -40,20 +40,6 @@ def test_plain_part_writes_table_and_json(tmp_path):
     assert saved["rows"][1]["plain_s"] == rows[1]["plain_s"] and saved["meta"]["groups"] == list(tl.GROUPS)
 
 
-REFUSAL = tl.secure_refusal(64)
-
-
-def test_refused_layer_is_reported_not_run(tmp_path):
-    """While secure_module refuses the layer the benchmark still runs, measuring plain torch and saying why."""
-    if REFUSAL is None:
-        pytest.skip("secure_module accepts nn.TransformerEncoderLayer: the secure part is measured instead")
-    rows = tl.main(["--cases", "16x64", "--out", str(tmp_path / "tl")])["rows"]
-    assert all(r["status"] == f"refused: {REFUSAL}" and r["plain_s"] > 0 for r in rows)
-    assert "Secure run not measured" in (tmp_path / "tl.md").read_text()
-
-
-@pytest.mark.skipif(REFUSAL is not None, reason=f"secure transformer ops not merged yet (runs once secure_module "
-                                                f"accepts nn.TransformerEncoderLayer): {REFUSAL}")
 def test_secure_smallest_case(tmp_path):
     rows = tl.main(["--cases", "16x64", "--out", str(tmp_path / "tl"), "--timeout", "300"])["rows"]
     for r in rows:

@@ -402,38 +402,15 @@ def test_token_model_class_token_positions_mean_pool_forward_backward(parties):
 
 
 # ---- nn.TransformerEncoder ----------------------------------------------------------------------------------------
-def _layer_norm_supported():
-    from secure_lightning.nn.swap import SUPPORTED, SWAP
-    return nn.LayerNorm in SUPPORTED or nn.LayerNorm in SWAP
+def _make_encoder():
+    return nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), 2,
+                                 enable_nested_tensor=False)
 
 
-class AffineStandIn(nn.Module):
-    """x * weight + bias with LayerNorm's attributes (eps, weight, bias), which the encoder layer reads: stands in
-    for the normalisation to test the rest of nn.TransformerEncoderLayer while LayerNorm is not on shares."""
-
-    def __init__(self, d, eps=1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(1 + 0.1 * torch.randn(d))
-        self.bias = nn.Parameter(0.1 * torch.randn(d))
-
-    def forward(self, x):
-        return x * self.weight + self.bias
-
-
-def _make_encoder(stand_in: bool):
-    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), 2,
-                                enable_nested_tensor=False)
-    if stand_in:
-        for layer in enc.layers:
-            layer.norm1, layer.norm2 = AffineStandIn(16), AffineStandIn(16)
-    return enc
-
-
-def _encoder(party, sd, x, pad, stand_in):
+def _encoder(party, sd, x, pad):
     from secure_lightning.nn import secure_module
     from secure_lightning.tensor import reveal_tensor
-    enc = _make_encoder(stand_in)
+    enc = _make_encoder()
     enc.load_state_dict(sd)
     secure_module(enc, party)
     out = []
@@ -452,14 +429,14 @@ def _encoder(party, sd, x, pad, stand_in):
     return out
 
 
-def _encoder_run(parties, stand_in):
+def _encoder_run(parties):
     torch.manual_seed(6)
-    enc = _make_encoder(stand_in)
+    enc = _make_encoder()
     sd = enc.state_dict()
     x = _randn(2, 5, 16, seed=40)
     pad = torch.zeros(2, 5, dtype=torch.bool)
     pad[1, 4] = True
-    got = parties.run(_encoder, sd, x, pad, stand_in)[0]
+    got = parties.run(_encoder, sd, x, pad)[0]
     ref = enc.double()
     for (y, grads), train in zip(got, (True, False, False)):
         ref.train(train)
@@ -473,10 +450,10 @@ def _encoder_run(parties, stand_in):
                 assert (g.double() - r).abs().max() < ATOL_MODULE
 
 
-@pytest.mark.skipif(not _layer_norm_supported(), reason="nn.TransformerEncoderLayer needs nn.LayerNorm on shares, "
-                    "which is not implemented on this branch yet")
 def test_transformer_encoder_forward_backward_train_and_eval(parties):
-    _encoder_run(parties, stand_in=False)
+    """A user's nn.TransformerEncoder (LayerNorm, attention with a padding mask, ReLU feed-forward, residuals) in
+    train and eval mode, and eval under no_grad, where plain tensors take torch._transformer_encoder_layer_fwd."""
+    _encoder_run(parties)
 
 
 def _fused_layer_args(layer):
@@ -496,8 +473,6 @@ def _fused_encoder_layer(party, sd, x, pad):
     return reveal_tensor(y)
 
 
-@pytest.mark.skipif(not _layer_norm_supported(), reason="torch._transformer_encoder_layer_fwd needs nn.LayerNorm "
-                    "on shares, which is not implemented on this branch yet")
 def test_fused_encoder_layer_kernel_is_routed(parties):
     torch.manual_seed(7)
     layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True).eval()
@@ -508,12 +483,6 @@ def test_fused_encoder_layer_kernel_is_routed(parties):
     with torch.no_grad():
         ref = torch._transformer_encoder_layer_fwd(x, *_fused_layer_args(layer), pad, 1)
     assert (y - ref).abs().max() < ATOL_MODULE
-
-
-def test_transformer_encoder_attention_and_feed_forward_with_a_stand_in_norm(parties):
-    """The encoder layers' attention, feed-forward, residuals and padding mask in train and eval mode (eval under
-    no_grad is where plain tensors take torch._transformer_encoder_layer_fwd), norms replaced by an affine map."""
-    _encoder_run(parties, stand_in=True)
 
 
 # ---- layer table --------------------------------------------------------------------------------------------------

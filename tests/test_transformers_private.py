@@ -1,9 +1,8 @@
 """Private transformers (issue 14): the app's vit_tiny and text_encoder under strategy=rss3pc, and a user's own
 nn.TransformerEncoder in a LightningModule under Trainer(strategy="rss3pc"), unchanged.
 
-Each test is skipped while secure_module refuses one of its model's layers (secure_lightning/nn/swap.py: LayerNorm,
-MultiheadAttention, Embedding, the encoder layers); the check runs on the very model the test trains, so the tests
-start running by themselves once the secure transformer ops are merged."""
+Each test first checks that secure_module takes every layer of the model it trains (a refusal fails the test with
+the layer's name)."""
 from __future__ import annotations
 
 import copy
@@ -32,14 +31,9 @@ def secure_refusal(net: nn.Module) -> str | None:
     return None
 
 
-def skip_unless_secure(net: nn.Module):
+def assert_secure(net: nn.Module) -> None:
     reason = secure_refusal(net)
-    return pytest.mark.skipif(reason is not None, reason=f"secure transformer ops not merged yet (runs once "
-                                                         f"secure_module accepts the model): {reason}")
-
-
-TINY_PRIVATE = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-                "trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0", "data.batch_size=16", *QUIET]
+    assert reason is None, reason
 
 
 def check_private_metrics(tmp_path, r):
@@ -50,16 +44,16 @@ def check_private_metrics(tmp_path, r):
     return metrics
 
 
-@skip_unless_secure(ViT())
 def test_app_trains_vit_tiny_privately(tmp_path):
     """`python train.py model=vit_tiny` (rss3pc, digits): 2 training batches, then validation and test."""
+    assert_secure(ViT())
     r = run_cli("model=vit_tiny", *TINY_PRIVATE, f"hydra.run.dir={tmp_path}", timeout=900)
     check_private_metrics(tmp_path, r)
 
 
-@skip_unless_secure(TextEncoder())
 def test_app_trains_text_encoder_privately(tmp_path):
     """`python train.py model=text_encoder` (rss3pc, text_synth): int64 token ids shared by the data owner."""
+    assert_secure(TextEncoder())
     r = run_cli("model=text_encoder", *TINY_PRIVATE, f"hydra.run.dir={tmp_path}", timeout=900)
     check_private_metrics(tmp_path, r)
 
@@ -110,7 +104,6 @@ def test_token_transformer_trains_in_plain_lightning(tmp_path):
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-@skip_unless_secure(TokenTransformer())
 def test_users_transformer_trains_under_rss3pc_like_plain(tmp_path):
     """Trainer(strategy="rss3pc") on the unchanged module: 4 SGD steps from the same weights on the same batches as
     a plain float32 run; the weights returned to the model owner stay within fixed-point error of the plain ones."""
@@ -138,9 +131,7 @@ def test_users_transformer_trains_under_rss3pc_like_plain(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("model, net", [("vit_tiny", ViT()), ("text_encoder", TextEncoder())])
 def test_default_private_run_is_within_3_points_of_plain(tmp_path, model, net):
-    reason = secure_refusal(net)
-    if reason is not None:
-        pytest.skip(f"secure transformer ops not merged yet: {reason}")
+    assert_secure(net)
     plain = run_cli(f"model={model}", "strategy=plain", *QUIET, f"hydra.run.dir={tmp_path / 'plain'}")
     assert plain.returncode == 0, plain.stderr[-3000:]
     private = run_cli(f"model={model}", *QUIET, f"hydra.run.dir={tmp_path / 'private'}", timeout=7200)
