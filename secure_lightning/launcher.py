@@ -17,6 +17,7 @@ import pickle
 import shutil
 import signal
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -76,8 +77,30 @@ def _atomic_write_bytes(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _party_main(rank: int, result_dir: str, port: int) -> None:
+LAUNCHER_POLL_S = 1.0  # how often a party checks that its launching process is still there
+
+
+def _exit_with_launcher(launcher_pid: int) -> None:
+    """A daemon thread that ends this party (exit status 1) once the launching process is gone, e.g. killed by
+    SIGKILL or SIGTERM, which leave it no chance to stop the parties: they would otherwise compute on, or wait for
+    their peers until the communication timeout, holding memory and cores."""
+    def watch():
+        while True:
+            time.sleep(LAUNCHER_POLL_S)
+            try:
+                os.kill(launcher_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass  # alive, owned by someone else
+
+    threading.Thread(target=watch, name="rss3pc-launcher-watch", daemon=True).start()
+
+
+def _party_main(rank: int, result_dir: str, port: int, launcher_pid: int | None = None) -> None:
     """Body of a spawned party process."""
+    if launcher_pid is not None:
+        _exit_with_launcher(launcher_pid)
     os.environ["LOCAL_RANK"] = str(rank)
     os.environ["NODE_RANK"] = "0"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -187,7 +210,7 @@ class PartyLauncher(_Launcher):
                     f.write(payload)
             port = free_port()
             ctx = _context()
-            self.procs = [ctx.Process(target=_party_main, args=(r, result_dir, port),
+            self.procs = [ctx.Process(target=_party_main, args=(r, result_dir, port, os.getpid()),
                                       name=f"rss3pc-party{r}", daemon=False) for r in range(3)]
             for p in self.procs:
                 p.start()

@@ -91,3 +91,63 @@ def test_module_defined_in_a_function_is_refused(tmp_path):
               + "\n\nif __name__ == \"__main__\":\n    main()\n")
     err = _refused(tmp_path, source)
     assert "defined inside the function main" in err
+
+
+def _descendants(pid: int) -> set[int]:
+    """Live (non-zombie) descendants of pid, from /proc."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if fields[0] != "Z":
+                parent[int(d)] = int(fields[1])
+    out, frontier = set(), {pid}
+    while frontier:
+        frontier = {c for c, p in parent.items() if p in frontier} - out
+        out |= frontier
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_parties_exit_when_the_launching_process_is_killed(tmp_path):
+    """SIGKILL (or a scheduler's SIGTERM) gives the launcher no chance to stop its parties: each party watches the
+    launching process and exits within about a second of it going, instead of training on for minutes."""
+    import signal
+    import time
+    long_fit = FIT.replace("max_steps=2", "max_steps=100000").replace(
+        "self.log(\"loss\", loss)", "self.log(\"loss\", loss)\n            print(\"STEP\", flush=True)")
+    source = MODEL.replace("self.log(\"loss\", loss)", "self.log(\"loss\", loss)\n        print(\"STEP\", flush=True)")
+    source += "\n\nif __name__ == \"__main__\":\n" + textwrap.indent(long_fit, "    ")
+    (tmp_path / "script.py").write_text(source)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "script.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    parties: set[int] = set()
+    try:
+        for line in proc.stdout:  # the parties are training
+            if line.startswith("STEP"):
+                break
+        parties = _descendants(proc.pid)
+        assert len(parties) >= 3, parties
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.time() + 30
+        while time.time() < deadline and any(_alive(p) for p in parties):
+            time.sleep(0.5)
+        assert not any(_alive(p) for p in parties), [p for p in parties if _alive(p)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in parties | _descendants(proc.pid):
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
