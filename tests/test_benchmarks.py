@@ -16,6 +16,7 @@ from benchmarks import netns
 from benchmarks import run as bench
 
 
+@pytest.mark.slow  # ~20 s; the peers and transformer benchmarks keep default tests
 def test_runner_tiny_lenet_inference_writes_outputs(tmp_path):
     out = bench.main(["--exp", "inference_all", "--nets", "lenet", "--repeats", "1", "--warmup", "0",
                       "--out", str(tmp_path), "--name", "tiny", "--per-layer", "--case-timeout", "240",

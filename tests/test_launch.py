@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 MODEL = textwrap.dedent("""
@@ -119,6 +121,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # ~45 s: a real fit, killed
 def test_parties_exit_when_the_launching_process_is_killed(tmp_path):
     """SIGKILL (or a scheduler's SIGTERM) gives the launcher no chance to stop its parties: each party watches the
     launching process and exits within about a second of it going, instead of training on for minutes."""

@@ -137,6 +137,7 @@ def _train_resnet(party, x, y, steps, lr):
     return losses, reveal_state_dict(m, party, to=0)
 
 
+@pytest.mark.slow  # ~50 s on 2 cores
 def test_resnet18_sgd_training_tracks_plaintext(parties):
     x = torch.randn(2, 3, 64, 64, generator=_gen(3))
     y = torch.tensor([0, 3])

@@ -36,6 +36,10 @@ def assert_secure(net: nn.Module) -> None:
     assert reason is None, reason
 
 
+TINY_PRIVATE = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                "trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0", "data.batch_size=16", *QUIET]
+
+
 def check_private_metrics(tmp_path, r):
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
