@@ -120,11 +120,13 @@ def _layer_costs(party, x):
     from secure_lightning.tensor import share_tensor
     xs = share_tensor(x if party.rank == 0 else None, 0, party, requires_grad=True)
     relu, pool = nn.ReLU(), nn.MaxPool2d(2)
-    with party.comm.cost() as train:
+    with guard.enabled(party), party.comm.cost() as train:  # guard on, as under the strategy: 48-bit comparisons
         y = pool(relu(xs))
-    with torch.no_grad(), party.comm.cost() as infer:
+    with guard.enabled(party), torch.no_grad(), party.comm.cost() as infer:
         pool(relu(xs))
-    return train.total.bytes, infer.total.bytes
+    with torch.no_grad(), party.comm.cost() as unwatched:  # guard off: nothing watches the input, all 64 bits
+        pool(relu(xs))
+    return train.total.bytes, infer.total.bytes, unwatched.total.bytes
 
 
 def test_layers_skip_the_backward_state_under_no_grad(parties):
@@ -133,8 +135,11 @@ def test_layers_skip_the_backward_state_under_no_grad(parties):
     relu_train = split(n // 3, L) + tree(n, L) + 64 * (n // 3)
     relu_infer = split(n // 3, L) + tree(n, L) + 48 * (n // 3)
     pool_infer = sum(split(N // 3, L) + tree(N, L) + 16 * N for N in (2 * R, R))
-    for train, infer in parties.run(_layer_costs, x):
+    unwatched = (split(n // 3, 64) + tree(n, 64) + 48 * (n // 3)
+                 + sum(split(N // 3, 64) + tree(N, 64) + 16 * N for N in (2 * R, R)))
+    for train, infer, infer64 in parties.run(_layer_costs, x):
         assert infer == relu_infer + pool_infer
+        assert infer64 == unwatched
         assert train > infer + (relu_train - relu_infer)  # training also keeps the onehot
 
 
@@ -156,7 +161,10 @@ def _relu_out_of_range(party, x):
 
 
 def test_guard_stops_a_relu_input_beyond_the_comparison_range(parties):
-    assert guard.comparison_bits(type("P", (), {"encoding": type("E", (), {"frac_bits": 20})()})()) == L
+    fake = type("P", (), {"encoding": type("E", (), {"frac_bits": 20})(), "guard": guard.Guard()})()
+    assert guard.comparison_bits(fake) == L
+    fake.guard = None  # no guard, nothing watches the input: all 64 bits
+    assert guard.comparison_bits(fake) == 64
     x = torch.full((2, 64), 3e6)
     for msg in parties.run(_relu_out_of_range, x):
         assert msg is not None and "relu" in msg, msg

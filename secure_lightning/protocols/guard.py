@@ -36,6 +36,7 @@ the pending samples. `enable(party)` / `disable(party)` switch it.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -84,6 +85,17 @@ def disable(party) -> None:
     party.guard = None
 
 
+@contextmanager
+def enabled(party, samples: int = DEFAULT_SAMPLES):
+    """`with guard.enabled(party):` the guard on inside the block, its previous state (and samples) back after."""
+    before = getattr(party, "guard", None)
+    party.guard = Guard(samples=samples)
+    try:
+        yield party.guard
+    finally:
+        party.guard = before
+
+
 def product_limit(party, extra_bits: int = 0) -> float:
     """The guard's limit (real units, scale f) for the output of a product truncated by f + extra_bits bits:
     2^(62 - 2f - extra_bits - 1)."""
@@ -98,7 +110,10 @@ COMPARISON_MARGIN_BITS = 5
 def comparison_bits(party, extra_bits: int = 0) -> int:
     """Width l of the comparisons a secure layer (ReLU, max pooling) runs on values at scale f + extra_bits:
     min(64, 63 - f + extra_bits + 1 + COMPARISON_MARGIN_BITS), i.e. 48 at f = 20. An exact product's output is below
-    2^(62-f+extra_bits) raw, 32 times inside the l-bit range; the input itself is watched (`watch_comparison`)."""
+    2^(62-f+extra_bits) raw, 32 times inside the l-bit range; the input itself is watched (`watch_comparison`).
+    With the guard off nothing would watch it, so the layer compares on all 64 bits (exact for every ring value)."""
+    if getattr(party, "guard", None) is None:
+        return 64
     f = party.encoding.frac_bits
     return min(64, 64 - f + extra_bits + COMPARISON_MARGIN_BITS - 1)
 
