@@ -346,6 +346,30 @@ def test_softmax_rows_with_one_huge_logit_are_one_hot(parties):
     _check(lsm, torch.log_softmax(x, -1), 2.5e-6, 0.0, "log_softmax one-hot rows")
 
 
+def _softmax_grad_dim1(party, x, g):
+    from secure_lightning.tensor import share_tensor
+    xs = share_tensor(x if party.rank == 0 else None, 0, party, requires_grad=True)
+    gs = share_tensor(g if party.rank == 1 else None, 1, party, data=False)
+    y = F.softmax(xs, 1)
+    with party.comm.cost() as c:
+        y.backward(gs)
+    return reveal_float(xs.grad.shares, party=party), (c.total.rounds, c.total.bytes)
+
+
+def test_softmax_backward_along_a_middle_dim(parties):
+    """dx = y (g - sum(g y)) along dim 1 of (B, n, C): one batched dot product per row (one truncation per row),
+    then one product per entry: 6 rounds, 16 (N + R) bytes. Tolerance: softmax's 3e-6 times |g| < 4 summed over
+    the row (n = 5) plus 2 ulp of truncation."""
+    x = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64) * 4
+    g = _v(x.numel(), 17).reshape(x.shape)
+    xt = _grid(x).requires_grad_()
+    torch.softmax(xt, 1).backward(g)
+    N, R = x.numel(), x.numel() // 5
+    for gx, cost in parties.run(_softmax_grad_dim1, _grid(x), g):
+        assert cost == (6, 16 * (N + R)), cost
+        _check(gx, xt.grad, 5 * 4 * 3e-6 + 2 * ULP, 0.0, "softmax backward along dim 1")
+
+
 def _lsm_backward_aten(party, logp, g):
     from secure_lightning.tensor import share_tensor
     lp = share_tensor(logp if party.rank == 0 else None, 0, party, data=False)

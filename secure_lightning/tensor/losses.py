@@ -55,24 +55,31 @@ class LogSoftmaxFn(torch.autograd.Function):
 
 
 class SoftmaxFn(torch.autograd.Function):
-    """forward: approx.softmax. backward: y * (g - sum(g * y))."""
+    """y = approx.softmax(x) along dim, over the entries a public boolean `keep` marks (None: all; a mask needs the
+    last dim): F.softmax and attention's masked softmax.
+
+    backward: dx = y (g - sum(g y)); the sums are one batched dot product per row (one truncation per row), then one
+    product over every entry: 6 rounds, 16 (N + R) bytes per party (N entries, R rows); masked entries get 0."""
 
     @staticmethod
-    def forward(ctx, x, dim):
+    def forward(ctx, x, dim, keep=None, label="softmax"):
         party = x.party
-        with party.label("softmax"):
-            y = approx.softmax(x.shares, dim, party=party)
-        ctx.y, ctx.dim, ctx.party = y, dim, party
+        with party.label(label):
+            y = approx.softmax(x.shares, dim, party=party, keep=keep)
+        ctx.y, ctx.dim, ctx.party, ctx.label = y, dim, party, label
         return wrap(y, party)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        party, y = ctx.party, ctx.y
-        with party.label("softmax_backward"):
-            gs = shares_of(g, party)
-            gy = L.sum(A.mul(gs, y, party=party), dim=ctx.dim, keepdim=True)
-            return wrap(A.mul(y, gs - gy, party=party), party), None
+        party, dim = ctx.party, ctx.dim
+        with party.label(f"{ctx.label}_backward"):
+            gs = shares_of(g, party).map(lambda t: t.movedim(dim, -1))
+            y = ctx.y.map(lambda t: t.movedim(dim, -1))
+            gy = A.matmul(gs.map(lambda t: t.unsqueeze(-2)), y.map(lambda t: t.unsqueeze(-1)), party=party)
+            gy = gy.map(lambda t: t.squeeze(-1))     # (..., 1): the row sums of g y
+            dx = A.mul(y, gs - gy, party=party).map(lambda t: t.movedim(-1, dim))
+            return wrap(dx, party), None, None, None
 
 
 def log_softmax(input, dim=None, _stacklevel=3, dtype=None):

@@ -35,45 +35,16 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
-from ..protocols import approx
-from ..protocols import arithmetic as A
 from .activations import public_uniform
-from .dispatch import UnsupportedOpError, as_shared, implements_function, party_of, shares_of, wrap
+from .dispatch import UnsupportedOpError, as_shared, implements_function, party_of
+from .losses import SoftmaxFn
 from .shared import SharedTensor
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Masked softmax over the last dimension
-
-class MaskedSoftmaxFn(torch.autograd.Function):
-    """y = softmax(x) over the last dim, over the entries a public boolean `keep` marks (None: all).
-
-    backward: dx = y (g - sum(g y)); the row sums are one truncation per row (a batched dot product), then one
-    product over every entry: 6 rounds, 16 (N + R) bytes per party (N entries, R rows); masked entries get 0."""
-
-    @staticmethod
-    def forward(ctx, x, keep):
-        party = x.party
-        with party.label("attention_softmax"):
-            y = approx.softmax(x.shares, -1, party=party, keep=keep)
-        ctx.y, ctx.party = y, party
-        return wrap(y, party)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, g):
-        party, y = ctx.party, ctx.y
-        with party.label("attention_softmax_backward"):
-            gs = shares_of(g, party)
-            gy = A.matmul(gs.map(lambda t: t.unsqueeze(-2)), y.map(lambda t: t.unsqueeze(-1)), party=party)
-            gy = gy.map(lambda t: t.squeeze(-1))     # (..., 1): sum over the row of g y
-            return wrap(A.mul(y, gs - gy, party=party), party), None
-
-
 def masked_softmax(x: SharedTensor, keep: torch.Tensor | None) -> SharedTensor:
-    return MaskedSoftmaxFn.apply(x, keep)
+    """Softmax over the last dim on the entries `keep` marks (losses.SoftmaxFn; backward 6 rounds, 16 (N + R) bytes)."""
+    return SoftmaxFn.apply(x, x.dim() - 1, keep, "attention_softmax")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
