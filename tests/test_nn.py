@@ -331,3 +331,49 @@ def test_eval_batch_norm_scale_is_cached_and_refreshed(parties):
         assert (outs["after_eval_step"].double() - want["after_eval_step"]).abs().max() < ATOL
         assert (outs["after_load"].double() - want["after_train"]).abs().max() < ATOL
         assert (outs["after_eps"].double() - want["after_eps"]).abs().max() < ATOL
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ReLU -> MaxPool2d in a Sequential runs as pool -> ReLU on shares
+
+def _relu_pool_net():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+                         nn.ReLU(), nn.MaxPool2d(2))
+
+
+def _relu_pool(party, x):
+    from secure_lightning.nn import SecureSequential, secure_module
+    from secure_lightning.tensor import reveal_tensor, share_tensor
+    m = _relu_pool_net()
+    secure_module(m, party, owner=0)
+    seen = []
+    m[1].register_forward_hook(lambda mod, i, o: seen.append(tuple(o.shape)))
+    xs = share_tensor(x if party.rank == 0 else None, 0, party, requires_grad=True)
+    with party.comm.cost() as fused:
+        y = m(xs)
+    with party.comm.cost() as written:  # the same layers called one by one, in the written order
+        z = xs
+        for layer in m:
+            z = layer(z)
+    y.sum().backward()
+    sliced = m[:2]
+    return (reveal_tensor(y), reveal_tensor(z), reveal_tensor(xs.grad), reveal_tensor(m[0].weight.grad),
+            reveal_tensor(sliced(xs)), type(sliced) is SecureSequential, seen, fused.total.bytes, written.total.bytes)
+
+
+def test_relu_before_max_pool_runs_after_it_with_the_same_values_and_gradients(parties):
+    """Values and gradients equal plain torch's (tolerance ATOL / ATOL_GRAD, as above); the reordered pass sends
+    less than the written order; a slice ending in the ReLU still applies it; the ReLU's hook still runs."""
+    x = torch.randn(2, 2, 9, 9, generator=_gen(4))
+    m = _relu_pool_net()
+    xp = x.clone().requires_grad_()
+    want = m(xp)
+    want.sum().backward()
+    for y, z, gx, gw, head, is_seq, seen, fused, written in parties.run(_relu_pool, x):
+        assert torch.allclose(y.double(), want.double(), atol=ATOL) and torch.allclose(z, y, atol=ATOL)
+        assert torch.allclose(gx.double(), xp.grad.double(), atol=ATOL_GRAD)
+        assert torch.allclose(gw.double(), m[0].weight.grad.double(), atol=ATOL_GRAD)
+        assert torch.allclose(head.double(), m[:2](x).double(), atol=ATOL)  # the slice's ReLU is applied
+        assert is_seq and seen == [(2, 3, 4, 4), (2, 3, 7, 7), (2, 3, 7, 7)]  # hook: pooled, written order, slice
+        assert fused < written

@@ -3,7 +3,7 @@ checkpoint its state (`reveal_state_dict`, `share_state_dict` / `load_share_stat
 (`restore_plain`)."""
 from .layers import (  # noqa: F401
     SecureBatchNorm1d, SecureBatchNorm2d, SecureCrossEntropyLoss, SecureDropout, SecureDropout2d, SecureLogSoftmax,
-    SecureMaxPool2d, SecureNLLLoss, SecureReLU, SecureSoftmax,
+    SecureMaxPool2d, SecureNLLLoss, SecureReLU, SecureSequential, SecureSoftmax,
 )
 from .swap import (  # noqa: F401
     SecureLayers, UnsupportedLayerError, load_share_state_dict, restore_plain, reveal_state_dict, secure_module,

@@ -35,6 +35,28 @@ class SecureMaxPool2d(nn.MaxPool2d):
         return T.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
 
+class SecureSequential(nn.Sequential):
+    """nn.Sequential that runs a ReLU directly followed by a MaxPool2d as the pool, then the ReLU, on shares.
+
+    relu(max S) = max relu(S) for every window S (ReLU is monotone; padding and ceil_mode windows hold at least one
+    input), and so is the gradient: the element a window selects passes relu'(max). The ReLU's comparisons then run
+    on the pooled elements, 1/k^2 of them for a k x k pool (LeNet-max's two ReLUs: 11 520 + 3 200 -> 2 880 + 800
+    elements a sample, ~1.3 MB less communication). Both modules are still called, so their hooks run (a hook on
+    the ReLU sees the pooled shape). Only these exact layer types are reordered; a slice of the Sequential is a
+    SecureSequential too and reorders only pairs it holds. Plain inputs run in the written order."""
+
+    def forward(self, input):
+        if not _is_shared(input):
+            return super().forward(input)
+        mods, i = list(self._modules.values()), 0
+        while i < len(mods):
+            if type(mods[i]) is SecureReLU and i + 1 < len(mods) and type(mods[i + 1]) is SecureMaxPool2d:
+                input, i = mods[i](mods[i + 1](input)), i + 2
+            else:
+                input, i = mods[i](input), i + 1
+        return input
+
+
 class _SecureBatchNorm:
     """Batch norm on shares: batch statistics with approx.rsqrt when training (running stats, shared buffers, are
     updated in place), running statistics in eval.
