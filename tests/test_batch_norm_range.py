@@ -20,6 +20,7 @@ Tolerances (f = 20, ulp = 2^-20): y = (x - mean) * w / sqrt(var + eps) + b.
 """
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -101,6 +102,7 @@ def test_batch_norm_train_forward_large_n_var(parties):
     assert 16 + 16 / 256 <= per_element < 16 + 16 / 256 + 0.02, per_element
 
 
+@pytest.mark.slow  # ~25 s, 2.4 GB per party; the large-n forward above and the backward below stay in the default run
 def test_batch_norm_train_forward_imagenet_stem(parties):
     """(128, 8, 112, 112): n = 128 * 112 * 112 = 1,605,632 per channel (not a power of two), std up to 10.
     12.8 M elements: 20-50 s on 2 cores, peak 2.4 GB per party (the parties build the input from the seed; party 0

@@ -40,6 +40,7 @@ def test_plain_part_writes_table_and_json(tmp_path):
     assert saved["rows"][1]["plain_s"] == rows[1]["plain_s"] and saved["meta"]["groups"] == list(tl.GROUPS)
 
 
+@pytest.mark.slow  # ~25 s: fresh parties; the table's format is tested above, the layer's values in test_ops_attention
 def test_secure_smallest_case(tmp_path):
     rows = tl.main(["--cases", "16x64", "--out", str(tmp_path / "tl"), "--timeout", "300"])["rows"]
     for r in rows:

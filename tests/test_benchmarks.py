@@ -201,6 +201,7 @@ def test_peers_materializes_an_older_package():
         assert not (root / "benchmarks").exists()  # the task code stays this tree's
 
 
+@pytest.mark.slow  # ~15 s: extracts a commit and imports it in a subprocess
 def test_peers_old_side_imports_the_older_package():
     """--vs: the serving process imports secure_lightning from the extracted commit, not from this tree."""
     from benchmarks import peers

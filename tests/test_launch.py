@@ -77,6 +77,7 @@ def test_unguarded_script_is_refused_naming_the_line(tmp_path):
     assert f"script.py:{line + 1}" in err and 'if __name__ == "__main__":' in err
 
 
+@pytest.mark.slow  # ~15 s; the same pickling check as a module defined in a function (below)
 def test_module_defined_under_the_main_guard_is_refused_naming_the_line(tmp_path):
     body = textwrap.indent(MODEL.replace("import torch, pytorch_lightning as pl, secure_lightning\n", "") + FIT,
                            "    ")

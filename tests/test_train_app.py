@@ -77,6 +77,7 @@ def test_missing_data_set_stops_before_training(tmp_path):
     assert not (tmp_path / "metrics.json").exists()
 
 
+@pytest.mark.slow  # ~15 s: two plain Lightning runs through Hydra's sweeper
 def test_multirun_sweep_writes_metrics_per_run(tmp_path):
     r = run_cli("-m", "strategy=plain", "trainer.max_epochs=1", "callbacks=none", "logger=none",
                 "model.optimizer.lr=0.05,0.2", *QUIET, f"hydra.sweep.dir={tmp_path}")

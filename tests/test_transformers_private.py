@@ -37,7 +37,7 @@ def assert_secure(net: nn.Module) -> None:
 
 
 TINY_PRIVATE = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-                "trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0", "data.batch_size=16", *QUIET]
+                "trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0", "data.batch_size=8", *QUIET]
 
 
 def check_private_metrics(tmp_path, r):
