@@ -19,6 +19,10 @@ it to party 0. Reported per task:
   - peak RSS per party: VmHWM (MiB) of each party process, reset just before the timed part (torch runtime
     included); the maximum over repeats. Each task gets three fresh party processes, kept for its repeats.
 Each repeat builds and shares the network again (not timed); `--warmup` untimed runs precede the first repeat.
+The overflow guard is on, as under `Trainer(strategy="rss3pc")` by default: products and layer inputs are watched
+and the pending samples are checked before each opening (and after the SGD step), so the figures include the
+checks (a commit without the guard, such as 67a368b, runs without it). Without the guard the secure layers compare
+on 64 bits instead of 48.
 
 `--vs COMMIT` extracts that commit's `secure_lightning` package with `git archive` into a temporary folder and runs
 the same task code against it and against this tree, each side in its own process (`--serve`) with its own three
@@ -70,9 +74,31 @@ ISSUE_67A368B = {"lenet-avg-inference-b1": (0.113, 3.30e6, 45), "lenet-max-infer
 # ----------------------------------------------------------------------------------------------------------------
 # Party side: one task, in each of the three parties
 
+@contextlib.contextmanager
+def _overflow_guard(party):
+    """The overflow guard on inside the block (the strategy's default), its check as the value; the party's previous
+    guard state back after. A no-op check on a commit without the guard."""
+    try:
+        from secure_lightning.protocols import guard
+    except ImportError:
+        yield lambda: None
+        return
+    before = getattr(party, "guard", None)
+    guard.enable(party)
+    try:
+        yield lambda: guard.check(party=party)
+    finally:
+        party.guard = before
+
+
 def task_job(party, name: str, size: int | None = None, warmup: int = 0) -> dict:
     """Set up `name` (size overrides its batch / matrix size), run `warmup` untimed, then one timed run; returns this
     party's time, communication of the timed part and peak RSS."""
+    with _overflow_guard(party) as check:
+        return _task(party, name, size, warmup, check)
+
+
+def _task(party, name: str, size: int | None, warmup: int, check) -> dict:
     from secure_lightning.nn import secure_module
     from secure_lightning.tensor import reveal_tensor, share_tensor
 
@@ -86,7 +112,9 @@ def task_job(party, name: str, size: int | None = None, warmup: int = 0) -> dict
         x = share_tensor(torch.rand(n, n, generator=g) if owner else None, 0, party)
 
         def run():
-            reveal_tensor(x @ w, to=0)
+            y = x @ w
+            check()
+            reveal_tensor(y, to=0)
     else:
         net = build_lenet(pool)
         secure_module(net, party, owner=0)
@@ -99,14 +127,18 @@ def task_job(party, name: str, size: int | None = None, warmup: int = 0) -> dict
             xs = share_tensor(x if owner else None, 0, party)
             if not train:
                 with torch.no_grad():
-                    reveal_tensor(net(xs), to=0)
+                    out = net(xs)
+                check()
+                reveal_tensor(out, to=0)
                 return
             ys = share_tensor(y if owner else None, 0, party, label="labels")
             opt.zero_grad()
             loss = F.cross_entropy(net(xs), ys)
+            check()
             reveal_tensor(loss.detach(), label="loss")
             loss.backward()
             opt.step()
+            check()
 
     for _ in range(warmup):
         run()

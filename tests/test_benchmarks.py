@@ -142,30 +142,37 @@ def test_crypten_missing_is_reported(tmp_path):
 # ---- benchmarks/peers.py: the comparison with the three-party peers ----------------------------------------------
 
 def _reference_costs(party, n: int) -> dict:
-    """The timed parts of two peers tasks, written out here and measured with party.comm.cost() directly."""
+    """The timed parts of two peers tasks, written out here and measured with party.comm.cost() directly: the guard
+    on as under the strategy, its pending samples checked before each opening and after the step."""
     import torch
     import torch.nn.functional as F
     from benchmarks.lenet_cost import build_lenet
     from secure_lightning.nn import secure_module
+    from secure_lightning.protocols import guard
     from secure_lightning.tensor import reveal_tensor, share_tensor
     owner, out = party.rank == 0, {}
-    w = share_tensor(torch.rand(n, n) if owner else None, 0, party)
-    x = share_tensor(torch.rand(n, n) if owner else None, 0, party)
-    with party.comm.cost() as c:
-        reveal_tensor(x @ w, to=0)
-    out["matmul-1000"] = (c.bytes, c.rounds)
-    net = build_lenet("max")
-    secure_module(net, party, owner=0)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    with party.comm.cost() as c:
-        xs = share_tensor(torch.rand(2, 1, 28, 28) if owner else None, 0, party)
-        ys = share_tensor(F.one_hot(torch.tensor([3, 7]), 10).float() if owner else None, 0, party)
-        opt.zero_grad()
-        loss = F.cross_entropy(net(xs), ys)
-        reveal_tensor(loss.detach())
-        loss.backward()
-        opt.step()
-    out["lenet-max-train-b64"] = (c.bytes, c.rounds)
+    with guard.enabled(party):
+        w = share_tensor(torch.rand(n, n) if owner else None, 0, party)
+        x = share_tensor(torch.rand(n, n) if owner else None, 0, party)
+        with party.comm.cost() as c:
+            y = x @ w
+            guard.check(party=party)
+            reveal_tensor(y, to=0)
+        out["matmul-1000"] = (c.bytes, c.rounds)
+        net = build_lenet("max")
+        secure_module(net, party, owner=0)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        with party.comm.cost() as c:
+            xs = share_tensor(torch.rand(2, 1, 28, 28) if owner else None, 0, party)
+            ys = share_tensor(F.one_hot(torch.tensor([3, 7]), 10).float() if owner else None, 0, party)
+            opt.zero_grad()
+            loss = F.cross_entropy(net(xs), ys)
+            guard.check(party=party)
+            reveal_tensor(loss.detach())
+            loss.backward()
+            opt.step()
+            guard.check(party=party)
+        out["lenet-max-train-b64"] = (c.bytes, c.rounds)
     return out
 
 
