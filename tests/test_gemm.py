@@ -125,3 +125,24 @@ def test_secure_matmul_conv_force_limbs_equal_default(parties):
     assert torch.equal(out[("conv", False)], F.conv2d(enc(xc), enc(wc), None, 1, 1, 1, 2))
     # with truncation each path rounds with its own randomness: within 1 ulp of each other
     assert (out[("matmul_fixed", True)] - out[("matmul_fixed", False)]).abs().max() <= 1
+
+
+def test_cpu_autotune_times_both_paths_once_per_shape_and_stays_exact(monkeypatch):
+    """A 2-D product of at least AUTOTUNE_MIN_MACS multiply-adds is timed both ways on its first call and the faster
+    exact path kept for its shape and layout; smaller or batched products always take torch's int64 GEMM."""
+    monkeypatch.setattr(gemm, "_LIMBS_FASTER", {})
+    calls = []
+    real = gemm._limb_matmul
+    monkeypatch.setattr(gemm, "_limb_matmul", lambda a, b: calls.append(a.shape) or real(a, b))
+    a, b = _rand(64, 256, seed=1), _rand(256, 300, seed=2)   # 4.9 M multiply-adds
+    want = torch.matmul(a, b)
+    assert torch.equal(gemm.matmul(a, b), want) and len(calls) == 1    # timed: both paths ran
+    key = (64, 256, 300, a.stride(), b.stride())
+    assert list(gemm._LIMBS_FASTER) == [key]
+    for _ in range(2):
+        assert torch.equal(gemm.matmul(a, b), want)
+    assert len(calls) == 1 + 2 * gemm._LIMBS_FASTER[key]                 # later calls: the kept path only
+    monkeypatch.setitem(gemm._LIMBS_FASTER, key, True)                   # either choice gives the same ring value
+    assert torch.equal(gemm.matmul(a, b), want)
+    small = _rand(8, 16, seed=3)
+    assert torch.equal(gemm.matmul(small, small.t()), small @ small.t()) and len(gemm._LIMBS_FASTER) == 1
