@@ -1,6 +1,7 @@
 """Exact int64 (mod 2^64) matmul and conv2d.
 
-On the CPU torch's own int64 kernels are exact. On CUDA, where int64 GEMM/conv kernels do not exist, each operand is
+On the CPU torch's own int64 kernels are exact; large 2-D products also try the limb path below once per shape and
+keep the faster (`_cpu_autotuned`). On CUDA, where int64 GEMM/conv kernels do not exist, each operand is
 split into four unsigned 16-bit limbs held in float64; only the 10 limb pairs (i, j) with i + j < 4 contribute
 modulo 2^64. All 10 products run as one batched matmul (or one grouped conv), are cast back to int64, shifted by
 16(i + j) and summed. A limb product is < 2^32, so a dot product is exact in float64's 53-bit mantissa while the
