@@ -356,10 +356,15 @@ def _relu_pool(party, x):
         z = xs
         for layer in m:
             z = layer(z)
+    with torch.no_grad(), party.comm.cost() as public_in:  # a public input turns shared at the conv: still reordered
+        m(x)
+    with torch.no_grad(), party.comm.cost() as shared_in:
+        m(xs)
     y.sum().backward()
     sliced = m[:2]
     return (reveal_tensor(y), reveal_tensor(z), reveal_tensor(xs.grad), reveal_tensor(m[0].weight.grad),
-            reveal_tensor(sliced(xs)), type(sliced) is SecureSequential, seen, fused.total.bytes, written.total.bytes)
+            reveal_tensor(sliced(xs)), type(sliced) is SecureSequential, seen, fused.total.bytes, written.total.bytes,
+            public_in.total.bytes == shared_in.total.bytes)
 
 
 def test_relu_before_max_pool_runs_after_it_with_the_same_values_and_gradients(parties):
@@ -370,10 +375,11 @@ def test_relu_before_max_pool_runs_after_it_with_the_same_values_and_gradients(p
     xp = x.clone().requires_grad_()
     want = m(xp)
     want.sum().backward()
-    for y, z, gx, gw, head, is_seq, seen, fused, written in parties.run(_relu_pool, x):
+    for y, z, gx, gw, head, is_seq, seen, fused, written, public_same in parties.run(_relu_pool, x):
+        assert public_same
         assert torch.allclose(y.double(), want.double(), atol=ATOL) and torch.allclose(z, y, atol=ATOL)
         assert torch.allclose(gx.double(), xp.grad.double(), atol=ATOL_GRAD)
         assert torch.allclose(gw.double(), m[0].weight.grad.double(), atol=ATOL_GRAD)
         assert torch.allclose(head.double(), m[:2](x).double(), atol=ATOL)  # the slice's ReLU is applied
-        assert is_seq and seen == [(2, 3, 4, 4), (2, 3, 7, 7), (2, 3, 7, 7)]  # hook: pooled, written order, slice
+        assert is_seq and seen == [(2, 3, 4, 4), (2, 3, 7, 7), (2, 3, 4, 4), (2, 3, 4, 4), (2, 3, 7, 7)]
         assert fused < written

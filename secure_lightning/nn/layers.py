@@ -43,14 +43,13 @@ class SecureSequential(nn.Sequential):
     on the pooled elements, 1/k^2 of them for a k x k pool (LeNet-max's two ReLUs: 11 520 + 3 200 -> 2 880 + 800
     elements a sample, ~1.3 MB less communication). Both modules are still called, so their hooks run (a hook on
     the ReLU sees the pooled shape). Only these exact layer types are reordered; a slice of the Sequential is a
-    SecureSequential too and reorders only pairs it holds. Plain inputs run in the written order."""
+    SecureSequential too and reorders only pairs it holds. Plain values run in the written order."""
 
     def forward(self, input):
-        if not _is_shared(input):
-            return super().forward(input)
         mods, i = list(self._modules.values()), 0
-        while i < len(mods):
-            if type(mods[i]) is SecureReLU and i + 1 < len(mods) and type(mods[i + 1]) is SecureMaxPool2d:
+        while i < len(mods):  # the input may become shared midway (a public input, shared weights)
+            if type(mods[i]) is SecureReLU and i + 1 < len(mods) and type(mods[i + 1]) is SecureMaxPool2d \
+                    and _is_shared(input):
                 input, i = mods[i](mods[i + 1](input)), i + 2
             else:
                 input, i = mods[i](input), i + 1
