@@ -381,7 +381,9 @@ def main(argv=None) -> dict:
         if args.vs:
             old_root = stack.enter_context(materialize(args.vs))
             sides = [ServeSide("old", old_root), ServeSide("new", None)]
-            meta["packages"] = {s.label: s.package for s in sides}
+            # which package each side imported (checked in ServeSide), recorded without this machine's paths
+            meta["packages"] = {"old": f"secure_lightning of {args.vs} (git archive)",
+                                "new": "secure_lightning of this tree"}
         else:
             sides = [TaskRunner()]
         for s in sides:
