@@ -77,7 +77,8 @@ ISSUE_67A368B = {"lenet-avg-inference-b1": (0.113, 3.30e6, 45), "lenet-max-infer
 @contextlib.contextmanager
 def _overflow_guard(party):
     """The overflow guard on inside the block (the strategy's default), its check as the value; the party's previous
-    guard state back after. A no-op check on a commit without the guard."""
+    guard state back after. A no-op check on a commit without the guard. Written out rather than guard.enabled,
+    which older commits (the --vs side) lack."""
     try:
         from secure_lightning.protocols import guard
     except ImportError:

@@ -1,7 +1,7 @@
 """Exact int64 (mod 2^64) matmul and conv2d.
 
 On the CPU torch's own int64 kernels are exact; large 2-D products also try the limb path below once per shape and
-keep the faster (`_cpu_autotuned`). On CUDA, where int64 GEMM/conv kernels do not exist, each operand is
+keep the faster (`_cpu_matmul`). On CUDA, where int64 GEMM/conv kernels do not exist, each operand is
 split into four unsigned 16-bit limbs held in float64; only the 10 limb pairs (i, j) with i + j < 4 contribute
 modulo 2^64. All 10 products run as one batched matmul (or one grouped conv), are cast back to int64, shifted by
 16(i + j) and summed. A limb product is < 2^32, so a dot product is exact in float64's 53-bit mantissa while the
@@ -62,14 +62,14 @@ AUTOTUNE_MAX_BYTES = 256 << 20  # the limb path's float64 buffers: 4 limbs per o
 _LIMBS_FASTER: dict = {}
 
 
-def _cpu_autotuned(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
-    """a @ b by the faster exact path for this shape on this CPU, or None when the product is not a candidate."""
-    if a.dim() != 2 or b.dim() != 2 or a.is_cuda or b.is_cuda:
-        return None
+def _cpu_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b on the CPU: torch's int64 GEMM, or for a large 2-D product the faster exact path for its shape."""
+    if a.dim() != 2 or b.dim() != 2:
+        return torch.matmul(a, b)
     (n, k), m = a.shape, b.shape[1]
-    if n * k * m < AUTOTUNE_MIN_MACS or k >= MAX_INNER or 8 * (4 * (a.numel() + b.numel()) + 10 * n * m) > \
-            AUTOTUNE_MAX_BYTES:
-        return None
+    if n * k * m < AUTOTUNE_MIN_MACS or k >= MAX_INNER or \
+            8 * (4 * (a.numel() + b.numel()) + 10 * n * m) > AUTOTUNE_MAX_BYTES:
+        return torch.matmul(a, b)
     key = (n, k, m, a.stride(), b.stride())
     faster = _LIMBS_FASTER.get(key)
     if faster is None:
@@ -84,10 +84,7 @@ def _cpu_autotuned(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
 
 def matmul(a: torch.Tensor, b: torch.Tensor, force_limbs: bool = False) -> torch.Tensor:
     """a @ b over Z_2^64 with torch.matmul broadcasting (1-D operands included)."""
-    if not use_limbs(a, b, force=force_limbs):
-        out = _cpu_autotuned(a, b)
-        return torch.matmul(a, b) if out is None else out
-    return _limb_matmul(a, b)
+    return _limb_matmul(a, b) if use_limbs(a, b, force=force_limbs) else _cpu_matmul(a, b)
 
 
 def _limb_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
