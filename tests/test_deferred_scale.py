@@ -69,3 +69,34 @@ def test_views_settle_with_their_base_and_see_in_place_writes(parties):
     assert (a.double() - 2 * want).abs().max() <= 4 * 2.0 ** -20
     assert (p.double() - (want + 1)).abs().max() <= 2 * 2.0 ** -20
     assert torch.equal(v, p.reshape(-1))
+
+
+def _pool_block(x, w, b, lw):
+    return F.linear(F.avg_pool2d(F.relu(F.conv2d(x, w, b)), 2).flatten(1), lw)
+
+
+def test_pool_backward_defers_its_scale_into_the_gradients_products(parties):
+    """Backward of a 2x2 average pool spreads the gradient without dividing it: ReLU's backward passes the 2 extra
+    bits on, the convolution's weight and input gradients fold them into their truncations, the bias gradient sums
+    them at its own size. Gradients within the products' tolerance of float64 torch; the pool's backward sends no
+    byte (before: one truncation of its pooled gradient, 16 bytes per element per party)."""
+    x = torch.randn(2, 2, 6, 6, generator=_gen(7))
+    w = torch.randn(3, 2, 3, 3, generator=_gen(8)) * 0.5
+    b = torch.randn(3, generator=_gen(9))
+    lw = torch.randn(4, 3 * 2 * 2, generator=_gen(10)) * 0.5
+    check(parties, _pool_block, [x, w, b, lw], grad_atol=4 * ATOL_LINEAR)
+    res = parties.run(_pool_backward_cost, torch.randn(2, 3, 4, 4, generator=_gen(11)))
+    for c, g, want in res:
+        assert (c.rounds, c.bytes) == (0, 0)
+        assert (g.double() - want).abs().max() <= ATOL_LINEAR  # one settle: a single truncation's ulp
+
+
+def _pool_backward_cost(party, x):
+    from secure_lightning.tensor import reveal_tensor
+    xs = _share(party, x, requires_grad=True)
+    y = F.avg_pool2d(xs, 2)
+    gy_plain = torch.arange(y.numel(), dtype=torch.float64).view(y.shape) / 7
+    gy = _share(party, gy_plain)
+    with party.comm.cost() as c:
+        (g,) = torch.autograd.grad(y, xs, gy)
+    return c.total, reveal_tensor(g), F.interpolate(gy_plain, scale_factor=2) / 4

@@ -151,8 +151,10 @@ def conv2d(x: Shares, w: Shares, stride=1, padding=0, dilation=1, groups: int = 
     return _finish(product_additive(x, w, op), fixed, "conv2d", party=party, extra_bits=extra_bits)
 
 
-def mul_public_real(x: Shares, c, *, party) -> Shares:
+def mul_public_real(x: Shares, c, *, party, extra_bits: int = 0) -> Shares:
     """x * c for a public real c (number or float tensor, broadcast), with extra precision for small |c|.
+    extra_bits: fractional bits of x beyond f (a deferred scale), truncated with the product's (no extra cost;
+    the range shrinks by 2^extra_bits).
 
     c is encoded with f + e fractional bits, e = floor(-log2 max|c|) when max|c| < 1 (capped at 62 - 2f), the local
     product x_i * c is truncated once by f + e bits: for c = 1/n or a learning rate the encoding error of c is
@@ -166,8 +168,8 @@ def mul_public_real(x: Shares, c, *, party) -> Shares:
     e = 0 if cm >= 1.0 or cm == 0.0 else min(int(math.floor(-math.log2(cm))), 62 - 2 * f)
     ce = torch.round(c * 2.0 ** (f + e)).to(torch.int64)
     with party.label("mul_public"):
-        y = truncate_additive(x.cur * ce, f + e, party=party)
-    _watch_product(y, "mul_public", party=party, extra_bits=e)
+        y = truncate_additive(x.cur * ce, f + e + extra_bits, party=party)
+    _watch_product(y, "mul_public", party=party, extra_bits=e + extra_bits)
     return y
 
 

@@ -522,6 +522,21 @@ def sum_pool2d(x: Shares, kernel_size, stride=None, padding=0, ceil_mode=False, 
         return _unbatch(_windows(x, geo, 0, party=party).map(lambda t: t.sum(-1)), geo), e
 
 
+def sum_pool2d_backward(grad_out: Shares, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
+                        count_include_pad=True, divisor_override=None, *, party,
+                        max_bits: int = 62) -> tuple[Shares, int] | None:
+    """avg_pool2d_backward as (grad spread over each window, e) when torch's divisor is 2^e for every window,
+    e <= max_bits: the gradient is that spread / 2^e, and the caller defers the scale into the next product's
+    truncation. None for any other divisor (use avg_pool2d_backward); nothing is computed then.
+    Cost: 0 (local)."""
+    geo = pool_geometry(tuple(input_shape), kernel_size, stride, padding, 1, ceil_mode, op="avg_pool2d_backward")
+    e = _pow2_bits(_avg_divisor(geo, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override))
+    if e is None or e > max_bits:
+        return None
+    with party.label("avg_pool2d_backward"):
+        return _fold(_batched(grad_out).map(lambda t: t.unsqueeze(-1).expand(*t.shape, geo.K)), geo), e
+
+
 def avg_pool2d_backward(grad_out: Shares, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
                         count_include_pad=True, divisor_override=None, *, party) -> Shares:
     """Gradient of avg_pool2d: grad / divisor (public multiply + one truncation), spread over each window (col2im).

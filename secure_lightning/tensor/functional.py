@@ -85,10 +85,15 @@ def copy_(self, src, non_blocking=False):
 # Reductions
 
 def sum_(x, dim=None, keepdim=False):
+    """Local sum (Cost: 0). A deferred scale stays deferred on the (smaller) sum: a bias gradient of a pooled layer
+    settles it at the bias's size, not the activation's."""
     if dim is None or (isinstance(dim, (list, tuple)) and len(dim) == 0):
-        return apply_local(lambda t: t.sum(), (x,), {}) if not keepdim else \
-            apply_local(lambda t: t.sum(dim=tuple(range(t.dim())), keepdim=True), (x,), {})
-    return apply_local(lambda t: t.sum(dim=dim, keepdim=keepdim), (x,), {})
+        op = (lambda t: t.sum()) if not keepdim else (lambda t: t.sum(dim=tuple(range(t.dim())), keepdim=True))
+    else:
+        op = lambda t: t.sum(dim=dim, keepdim=keepdim)  # noqa: E731
+    if isinstance(x, SharedTensor) and x.raw_shares[1]:
+        return apply_local_scaled(op, x, (x,), {})
+    return apply_local(op, (x,), {})
 
 
 def mean(x, dim=None, keepdim=False):
@@ -161,7 +166,7 @@ def pow2_scale_bits(c) -> int | None:
 def mul_public(x: SharedTensor, c: torch.Tensor, dtype=None) -> SharedTensor:
     """x * c for a public float64 tensor c: integers multiply the shares (free); +-2^-k with k <= MAX_DEFERRED_BITS
     defers k fractional bits (free: the next product or settle truncates them, see shared.PendingBits); other reals
-    are encoded and truncated (3 rounds, 16 bytes per element)."""
+    are encoded and truncated (3 rounds, 16 bytes per element), x's own deferred bits with them."""
     party = x.party
     dtype = dtype or x.dtype
     k = pow2_scale_bits(c) if x.dtype == torch.float32 else None
@@ -174,7 +179,8 @@ def mul_public(x: SharedTensor, c: torch.Tensor, dtype=None) -> SharedTensor:
     if is_integral(c):
         ci = c.to(torch.int64)
         return wrap(L.mul_int(x.shares, ci), party, dtype)
-    return wrap(mul_public_real(x.shares, c, party=party), party, torch.float32)
+    shares, e = x.raw_shares  # a deferred scale folds into the product's truncation
+    return wrap(mul_public_real(shares, c, party=party, extra_bits=e), party, torch.float32)
 
 
 def mul(a, b):

@@ -18,7 +18,7 @@ from ..protocols import local as L
 from ..protocols.sharing import Shares
 from .dispatch import (
     UnsupportedOpError, advise, aten, implements, implements_function, make_public, party_of, public_value,
-    shares_of, wrap,
+    raw_of, shares_of, wrap,
 )
 from .functional import (
     MAX_DEFERRED_BITS, add, bits_to_fixed, clamp_min, exp, log, mul, relu_values, rsqrt, sigmoid, softmax_from_log_softmax, sqrt,
@@ -275,9 +275,15 @@ def avg_pool2d(self, kernel_size, stride=(), padding=0, ceil_mode=False, count_i
 @implements(aten.avg_pool2d_backward.default)
 def avg_pool2d_backward(grad_output, self, kernel_size, stride, padding, ceil_mode, count_include_pad,
                         divisor_override):
-    """One truncation at the pooled size (deferring it would spread 2^e-scaled gradients over the 4x larger input,
-    where the next bias gradient settles them at 4x the cost)."""
+    """A power-of-two window: the gradient spread over each window with the 1/2^e deferred (free: ReLU's backward
+    passes it on, the convolution's or linear layer's gradients fold it into their truncations and a bias gradient
+    sums it at its own small size, see shared.PendingBits). Any other divisor: one truncation at the pooled size."""
     party = party_of(grad_output, self)
+    g, eg = raw_of(grad_output, party)
+    args = (kernel_size, stride or None, padding, ceil_mode, count_include_pad, divisor_override)
+    spread = compare.sum_pool2d_backward(g, tuple(self.shape), *args, party=party, max_bits=MAX_DEFERRED_BITS - eg)
+    if spread is not None:
+        return wrap(spread[0], party).defer_scale(eg + spread[1])
     with party.label("avg_pool2d_backward"):
         g = compare.avg_pool2d_backward(shares_of(grad_output, party), tuple(self.shape), kernel_size,
                                            stride or None, padding, ceil_mode, count_include_pad, divisor_override,
