@@ -173,13 +173,36 @@ def test_b2a_and_bit_inject(parties):
             assert torch.equal(outs[0], bits & 1)
             assert torch.equal(outs[1], (bits & 1) * x)
             assert torch.equal(outs[2], bits & 0xFF)
-            assert c1.rounds == c2.rounds == c3.rounds == 1
+            assert c1.rounds == c2.rounds == 1
+            assert c3.rounds == 2  # 8 n >= convert.RELAY_FROM converted bits: relayed (see the test below)
             if sender is not None:
                 s = rank == sender
                 assert c1.bytes == (16 * n if s else 8 * n)
                 assert c2.bytes == (32 * n if s else 8 * n)
-                assert c3.bytes == (16 * 8 * n if s else 8 * 8 * n)
+                assert c3.bytes == 8 * 8 * n
         if sender is None:  # balanced: same total traffic (whole ring elements), spread over the three parties
             tot = [sum(r[1][k].bytes for r in res) for k in range(3)]
-            assert tot == [32 * n, 48 * n, 32 * 8 * n]
+            assert tot == [32 * n, 48 * n, 24 * 8 * n]
             assert max(r[1][1].bytes for r in res) <= 48 * (n // 3 + 1)  # ~16 n each instead of 32 n / 8 n
+
+def test_relayed_b2a_and_bit_inject(parties):
+    """From convert.RELAY_FROM outputs on, inject takes two rounds and P_n relays its output share to P_p: the
+    sender's traffic halves (it sends to P_n only), the others' stays at 8 bytes per output."""
+    from secure_lightning.protocols.convert import RELAY_FROM
+    n = RELAY_FROM + 240
+    x = _values(n, 9)[:n].view(-1, 2)
+    bits = _values(n, 10)[:n].view(-1, 2)
+    for sender in (2, None):
+        res = parties.run(_b2a_inject, bits, x, sender)
+        for rank, (outs, (c1, c2, c3)) in enumerate(res):
+            assert torch.equal(outs[0], bits & 1)
+            assert torch.equal(outs[1], (bits & 1) * x)
+            assert torch.equal(outs[2], bits & 0xFF)
+            assert c1.rounds == c2.rounds == c3.rounds == 2
+            if sender is not None:
+                s = rank == sender
+                assert c1.bytes == 8 * n
+                assert c2.bytes == (16 * n if s else 8 * n)
+                assert c3.bytes == 8 * 8 * n
+        if sender is None:  # 3 and 4 ring elements per output in all, against 4 and 6 in one round
+            assert [sum(r[1][k].bytes for r in res) for k in range(3)] == [24 * n, 32 * n, 24 * 8 * n]

@@ -155,6 +155,22 @@ def test_relu_and_lt_balanced_cost(parties):
         assert (cl.rounds, cl.bytes) == (8, split + T(n) + 8 * 4 * m)  # b2a: 2m as sender, 2m as helper
 
 
+def test_relu_and_lt_relayed_balanced_cost(parties):
+    """n >= convert.RELAY_FROM: the inject round is relayed (one more round; the sender sends to P_n only)."""
+    from secure_lightning.protocols.convert import RELAY_FROM
+    m = (RELAY_FROM // 3 + 8) // 8 * 8  # n = 3 m, m a multiple of 8 (chunks pack to whole bytes)
+    x = _vals(3 * m - 9, 11).view(3, -1)
+    n = x.numel()
+    assert n == 3 * m and n >= RELAY_FROM
+    ex = _enc(x)
+    split = 2 * (8 * m + _nb(126 * m))
+    for y, bit, lt, c, cl in parties.run(_relu_balanced, x):
+        assert torch.equal(y, ex.clamp(min=0)) and torch.equal(bit, (ex > 0).long())
+        assert torch.equal(lt, (ex < _enc(torch.tensor(0.25))).long())
+        assert (c.rounds, c.bytes) == (9, split + T(n) + 8 * 6 * m)   # inject: 2m as sender, 2m per other role
+        assert (cl.rounds, cl.bytes) == (9, split + T(n) + 8 * 3 * m)  # b2a: m per role
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Max / argmax
 

@@ -36,8 +36,10 @@ Error bounds below are for f = 20 (ulp = 2^-20 = 9.5e-7) unless stated for other
 on the encoded inputs and asserted in tests/test_approx.py and tests/test_approx_range.py (f = 16, 20, 24); each is
 about one ulp of final truncation plus the approximation error.
 
-Cost notation: ltz(m) / relu(m) / max(...) are the costs of those compare.py protocols on m elements (8 rounds;
-their bytes differ per party, see compare.py); "a layer of m" = 3 rounds and 16 m bytes per party. n = numel(x).
+Cost notation: ltz(m) / relu(m) / max(...) are the costs of those compare.py protocols on m elements (8 rounds,
+counted so below; 9 once m reaches convert.RELAY_FROM = 2048, e.g. ltz(41 n) from n = 50 on, when their inject is
+relayed; their bytes differ per party, see compare.py); "a layer of m" = 3 rounds and 16 m bytes per party.
+n = numel(x).
 Ref: Goldschmidt division (Markstein/IEEE 754 literature); CrypTen/CryptGPU approximations (exp by repeated
 squaring, reciprocal by Newton, log by Householder) are the baseline these replace with fewer rounds.
 """

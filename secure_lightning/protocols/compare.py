@@ -3,10 +3,11 @@
 Bits returned here are arithmetic Shares of ring integers 0/1 (NOT fixed-point scaled): multiply them into a
 fixed-point value with a ring product (arithmetic.mul(..., fixed=False)), never a truncating one.
 
-Building blocks (protocols/convert.py): msb (7 rounds, exact for every ring value) and inject (1 round: arithmetic
-b and b * x from a binary bit b). Roles: the `sender` of msb's first round and of inject sends more than the other
-two; sender=None (the default) cuts the elements in three chunks led by P0, P1, P2 in the same rounds (balanced),
-sender=k gives the role to P_k for all elements.
+Building blocks (protocols/convert.py): msb (7 rounds, exact for every ring value) and inject (arithmetic b and b * x
+from a binary bit b: 1 round, or 2 "relayed" from convert.RELAY_FROM outputs on, when the sender's inject traffic
+halves and the others' stays; the table below gives the one-round figures). Roles: the `sender` of msb's first round
+and of inject sends more than the other two; sender=None (the default) cuts the elements in three chunks led by P0,
+P1, P2 in the same rounds (balanced), sender=k gives the role to P_k for all elements.
 
 Ranges: comparisons of x and y are exact whenever x - y does not wrap, i.e. |x - y| < 2^63 as signed ring integers
 (so for all fixed-point values with |x|, |y| < 2^62 raw, i.e. |value| < 2^(62-f)). ReLU's bit is exact for every ring
@@ -21,6 +22,7 @@ Cost notation (bytes sent by ONE party; n elements; ceil packing of bit messages
   ltz, lt, gt, le, ge (n)          8        S+T+16n / H+T+8n                        Sb+T+32m     (~41.5 n)
   eq (n)                           8        as ltz on 2n elements                   as ltz on 2n
   relu (n)                         8        S+T+32n / H+T+16n  (~78.8 n / 38.9 n)   Sb+T+64m     (~52.2 n)
+  relayed inject (>= RELAY_FROM)   +1       sender's inject part halves             ltz Sb+T+24m, relu Sb+T+48m
   relu_backward, mux (n)           1        8n (every party)
   max over n values, R rows        8 ceil(log2 n)     per level: see `max`
   max_pool2d                       as max with R = N C OH OW rows of K = kh kw values
@@ -103,7 +105,8 @@ def ltz(x: Shares, *, party, sender: int | None = None, bits: int = 64) -> Share
     l-bit signed integer (convert.msb), exact while |x| < 2^(l-1); fewer bytes (see convert.msb).
 
     Cost: 8 rounds (msb 7 + b2a 1). Single sender: S(n) + T(n) + 16 n bytes, others H(n) + T(n) + 8 n.
-    Balanced (n = 3 m): Sb(n) + T(n) + 32 m bytes each. n > convert.CHUNK: 8 rounds per slice, same bytes.
+    Balanced (n = 3 m): Sb(n) + T(n) + 32 m bytes each. Relayed b2a (n >= convert.RELAY_FROM): 9 rounds, the
+    sender's 16 n becomes 8 n, balanced 24 m. n > convert.CHUNK: per slice, same bytes.
     Error: none (exact for every ring value).
     """
     with party.label("ltz"):
@@ -182,9 +185,10 @@ def relu(x: Shares, *, party, sender: int | None = None, bits: int = 64,
     Cost: 8 rounds (msb 7 + inject 1). Single sender: S(n) + T(n) + 32 n bytes, others H(n) + T(n) + 16 n
     (~78.8 / 38.9 bytes per element). Balanced (default, n = 3 m): Sb(n) + T(n) + 64 m each (~52.2 n); with
     need_bit=False the inject round is 48 m (~47 n). l = 48: Sb and T shrink to ~11.8 n and ~11.1 n (convert.msb):
-    ~44.3 n with the bit, ~39 n without.
-    n > convert.CHUNK: slices of CHUNK elements, 8 rounds each (ceil(n / CHUNK) x 8), same bytes; working memory
-    ~185 bytes per slice element besides the outputs.
+    ~44.3 n with the bit, ~39 n without. Relayed inject (n >= convert.RELAY_FROM): 9 rounds; the sender's 32 n
+    becomes 16 n, balanced 48 m with the bit and 32 m without (~39 n and ~33.6 n at l = 48).
+    n > convert.CHUNK: slices of CHUNK elements, 8 or 9 rounds each, same bytes; working memory ~185 bytes per
+    slice element besides the outputs.
     Error: none (relu(x) is the exact encoded max(x, 0); the bit is exact for every x in range).
     """
     with party.label("relu"):
@@ -300,7 +304,8 @@ def max(x: Shares, dim: int, keepdim: bool = False, *, party, sender: int | None
     the onehot entries of the q positions per row that sit in a pair (all but a carried odd group).
     Cost per level, single sender: sender S(N) + T(N) + 16 (2N) bytes at level 0, S(N) + T(N) + 16 (2N + R q)
     later; others H(N) + T(N) + 8 (2N) at level 0, H(N) + T(N) + 8 (N + R q) later. Balanced: the same total
-    spread over the three parties (each sends ~1/3 of the sum over roles).
+    spread over the three parties (each sends ~1/3 of the sum over roles). A level whose inject has
+    convert.RELAY_FROM outputs or more takes 9 rounds, and the sender's 16 (...) halves to 8 (...).
     Range: |x| < 2^62 raw (differences must not wrap); bits = l < 64 compares the differences as l-bit integers
     (convert.msb; |x| < 2^(l-2) raw), fewer bytes. need_onehot=False: no onehot (None), each level's inject round
     carries the selected values only (2N elements fewer per level in all, and no onehot updates).

@@ -6,12 +6,14 @@ Both directions use the same observation about replication: with roles s (`sende
   * binary b = b_s ^ b_p ^ b_n: d = b_s ^ b_p is known to P_s, c = b_n to P_n and P_p, b = d ^ c.
 A product of something P_s knows with something P_n and P_p both know is then computed in one round by a 3-party
 OT-style exchange whose masks all come from the pair PRGs (nothing from torch's generator, no masks sent), and whose
-output is already replicated (no resharing round).
+output is already replicated (no resharing round). Large conversions (inject from RELAY_FROM outputs on) take a second
+round instead, in which P_n relays its output share to P_p: 4 ring elements per product instead of 6.
 
 Every protocol states `Cost:` per party, split by role (s / n / p); "n" below means number of elements.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -22,6 +24,8 @@ from .binary import BinShares
 from .sharing import Shares
 
 G_LIVE = B.mask_range(0, 63)  # generate bits 0..62 feed the carries into bits 1..63
+# inject relays from this many output elements on: 2 rounds and 4 ring elements per output instead of 1 round and 6
+RELAY_FROM = 2048
 CHUNK = 3 << 16  # elements per slice of a large comparison circuit (196,608: a multiple of 24, see `chunked`)
 
 
@@ -175,16 +179,16 @@ def _pick(t, index):
     return t if index is None else t[..., index]
 
 
+def _out_shape(b: BinShares, x, index) -> tuple:
+    bs = b.shape if index is None else b.shape[:-1] + (len(index),)
+    return bs if x is None else torch.broadcast_shapes(bs, x.shape)
+
+
 def _inject_part(b: BinShares, items, sender: int, *, party) -> B.Part:
     """One sender's share of inject's round (all PRG draws happen here, before the round)."""
     s, nx, pv = _roles(sender)
     rank, dev = party.rank, b.cur.device
-
-    def out_shape(x, index):
-        bs = b.shape if index is None else b.shape[:-1] + (len(index),)
-        return bs if x is None else torch.broadcast_shapes(bs, x.shape)
-
-    shapes = [out_shape(x, i) for x, i in items]
+    shapes = [_out_shape(b, x, i) for x, i in items]
     if rank == s:
         d = (b.cur ^ b.prev) & 1
         v1 = party.prg_next.ring(b.shape, dev)
@@ -237,8 +241,70 @@ def _inject_part(b: BinShares, items, sender: int, *, party) -> B.Part:
     return B.Part({other: help_msgs}, {s: specs_s, other: [(sh, B.ALL) for sh in shapes]}, finish)
 
 
+def _inject_relay_part(b: BinShares, items, sender: int, *, party) -> B.Part:
+    """One sender's share of inject's first round in the relayed form; its result is the Part of the second round
+    (P_n relays y_n to P_p), whose result is the outputs. All PRG draws happen here, before the first round."""
+    s, nx, pv = _roles(sender)
+    rank, dev = party.rank, b.cur.device
+    shapes = [_out_shape(b, x, i) for x, i in items]
+
+    def done(outs):
+        return B.Part({}, {}, lambda got: outs)
+
+    if rank == s:
+        d = (b.cur ^ b.prev) & 1
+        v = party.prg_prev.ring(b.shape, dev)                       # V, R0, W <- PRG_{s,p}
+        r0 = [party.prg_prev.ring(sh, dev) for sh in shapes]
+        msgs = [(d + v, B.ALL)]
+        for (x, idx), sh in zip(items, shapes):
+            if x is not None:
+                msgs.append((_pick(d, idx) * (x.cur + x.prev) + party.prg_prev.ring(sh, dev), B.ALL))
+        r1 = [party.prg_next.ring(sh, dev) for sh in shapes]        # R1 <- PRG_{s,n}
+        return B.Part({nx: msgs}, {}, lambda got: done([Shares(a, c) for a, c in zip(r1, r0)]))
+
+    if rank == pv:  # helper: A_p - R0 to P_n, then y_n back from P_n
+        c = b.prev & 1                                               # b_n
+        t = 1 - 2 * c
+        v = party.prg_next.ring(b.shape, dev)
+        r0 = [party.prg_next.ring(sh, dev) for sh in shapes]
+        help_msgs = []
+        for (x, idx), sh, r in zip(items, shapes, r0):
+            ti, vi = _pick(t, idx), _pick(v, idx)
+            if x is None:
+                a_p = -ti * vi
+            else:
+                a_p = _pick(c, idx) * x.cur - ti * party.prg_next.ring(sh, dev) - ti * x.prev * vi
+            help_msgs.append((a_p - r, B.ALL))
+
+        def relayed(got):
+            return B.Part({}, {nx: [(sh, B.ALL) for sh in shapes]},
+                          lambda got2: [Shares(r, y) for r, y in zip(r0, got2[nx])])
+        return B.Part({nx: help_msgs}, {}, relayed)
+
+    # receiver P_n: A_n = c (x_n + x_s) + t e + t x_n f, y_n = A_n + (A_p - R0) - R1, then y_n to P_p
+    c = b.cur & 1
+    t = 1 - 2 * c
+    r1 = [party.prg_prev.ring(sh, dev) for sh in shapes]
+
+    def received(got):
+        f, es = got[s][0], iter(got[s][1:])
+        ys = []
+        for k, ((x, idx), r) in enumerate(zip(items, r1)):
+            ci, ti, fi = _pick(c, idx), _pick(t, idx), _pick(f, idx)
+            if x is None:
+                a_n = ci + ti * fi
+            else:
+                a_n = ci * (x.cur + x.prev) + ti * next(es) + ti * x.cur * fi
+            ys.append(a_n + got[pv][k] - r)
+        return B.Part({pv: [(y, B.ALL) for y in ys]}, {}, lambda got2: [Shares(y, r) for y, r in zip(ys, r1)])
+
+    specs_s = [(b.shape, B.ALL)] + [(sh, B.ALL) for (x, _), sh in zip(items, shapes) if x is not None]
+    return B.Part({}, {s: specs_s, pv: [(sh, B.ALL) for sh in shapes]}, received)
+
+
 def inject(b: BinShares, items: Sequence, *, party, sender: int | None = None) -> list[Shares]:
-    """Arithmetic shares of b and of b * x for a binary bit b (bit 0 of each word), all in ONE round.
+    """Arithmetic shares of b and of b * x for a binary bit b (bit 0 of each word), all in one round, or in two
+(relayed) from RELAY_FROM output elements on.
 
     items: a list whose entries are None (output: b itself, b2a) or Shares x (output: b * x), or a pair
     (None | Shares x, index) where `index` (a public 1-D LongTensor) says which bit along the last dimension each last-
@@ -248,21 +314,31 @@ def inject(b: BinShares, items: Sequence, *, party, sender: int | None = None) -
     P_s sends f = d + V and, per product, e = d x' + W to P_n (V, W <- PRG_{s,p}); P_n then holds
     A_n = c (x_n + x_s) + t e + t x_n f, the helper P_p holds A_p = c x_p - t W - t x_n V, A_n + A_p = b x.
     (For b itself: A_n = c + t f, A_p = -t V.) Output y_s = R1 <- PRG_{s,n}, y_p = R0 <- PRG_{p,s}; P_p sends
-    A_p - R0 to P_n, who gets y_n = A_n + (A_p - R0) - R1. The mirror image (masks from PRG_{s,n}, helper P_n) gives
-    y_n to P_p. Every received element is masked by a fresh pairwise PRG value the receiver does not hold.
+    A_p - R0 to P_n, who gets y_n = A_n + (A_p - R0) - R1. One round: the mirror image (masks from PRG_{s,n}, helper
+    P_n) gives y_n to P_p. Relayed (RELAY_FROM output elements or more, _inject_relay_part): P_n sends y_n to P_p in
+    a second round (P_p's own share, masked by R1, which P_p does not hold). Every received element is masked by a
+    fresh pairwise PRG value the receiver does not hold.
     sender=None (balanced): the last dimension of b is cut in three chunks (balanced_bounds), chunk j with sender
-    P_j (items follow their bits), all in the same round.
-    Cost: 1 round; 8 bytes per ring element. Single sender: P_s sends, to each of P_n and P_p, one element per bit
-    (f) plus one per product output element (e); P_n and P_p send one element per output element (bits and
-    products). Balanced with equal chunks: every party sends the sum of the three roles' traffic over a third of
-    the elements: 2 (bits + products) / 3 + 2 outputs / 3 elements per element.
+    P_j (items follow their bits), all in the same round(s).
+    Cost: 8 bytes per ring element. One round (fewer than RELAY_FROM outputs): P_s sends, to each of P_n and P_p,
+    one element per bit (f) plus one per product output element (e); P_n and P_p send one element per output
+    element (bits and products): 6 elements per product output, 4 per bit output in all. Relayed, 2 rounds: P_s
+    sends f and the e's to P_n only (half its traffic), P_n and P_p one element per output each, as before: 4
+    elements per product output, 3 per bit output in all. Balanced with equal chunks: every party sends the sum of
+    the three roles' traffic over a third of the elements.
     Ref: the 3-party OT of ABY3 Sec. 5.4 (bit injection), rearranged so every mask is derived, not sent.
     """
     items = _norm_items(items)
+    relay = sum(math.prod(_out_shape(b, x, i)) for x, i in items) >= RELAY_FROM
+    make_part = _inject_relay_part if relay else _inject_part
+
+    def run(parts):
+        res = B.run_parts(parts, party=party)
+        return B.run_parts(res, party=party) if relay else res
+
     with party.label("inject"):
         if sender is not None or b.cur.dim() == 0:
-            return B.run_parts([_inject_part(b, items, 0 if sender is None else sender, party=party)],
-                               party=party)[0]
+            return run([make_part(b, items, 0 if sender is None else sender, party=party)])[0]
         L = b.shape[-1]
         parts, sels = [], []
         for j, lo, hi in B.balanced_bounds(L):
@@ -277,9 +353,9 @@ def inject(b: BinShares, items: Sequence, *, party, sender: int | None = None) -
                         x = x.map(lambda t: t[..., lo:hi])
                     sub.append((x, None))
                     sel.append(None)
-            parts.append(_inject_part(b.map(lambda t: t[..., lo:hi]), sub, j, party=party))
+            parts.append(make_part(b.map(lambda t: t[..., lo:hi]), sub, j, party=party))
             sels.append(sel)
-        res = B.run_parts(parts, party=party)
+        res = run(parts)
         outs = []
         for k, (x, idx) in enumerate(items):
             chunks = [r[k] for r in res]
@@ -298,8 +374,9 @@ def b2a(b: BinShares, *, party, sender: int | None = None, nbits: int = 1) -> Sh
     """Binary -> arithmetic. nbits = 1: the bit 0 of each word as a ring 0/1. nbits = k > 1: the k-bit unsigned value
     of the low k bits (sum of 2^j b_j, each bit converted in the same round).
 
-    Cost: 1 round. Single sender: P_s sends 16 bytes per converted bit, P_n and P_p 8 bytes per converted bit.
-    Balanced (default): ~32/3 bytes per converted bit each (32 m for n = 3 m bits).
+    Cost (inject): 1 round below RELAY_FROM converted bits: single sender P_s sends 16 bytes per converted bit, P_n and
+    P_p 8; balanced (default) ~32/3 bytes per converted bit each (32 m for n = 3 m bits). Relayed: 2 rounds, 8 bytes
+    per converted bit from every role (24 m each, balanced).
     """
     with party.label("b2a"):
         if nbits == 1:
@@ -314,8 +391,9 @@ def b2a(b: BinShares, *, party, sender: int | None = None, nbits: int = 1) -> Sh
 def bit_inject(b: BinShares, x: Shares, *, party, sender: int | None = None) -> Shares:
     """b * x for a binary bit b (bit 0) and arithmetic x (any scale: the product keeps x's scale, no truncation).
 
-    Cost: 1 round. Single sender: P_s sends 32 bytes per element (16 to each peer), P_n and P_p 8 bytes per element.
-    Balanced (default): ~16 bytes per element each (48 m for n = 3 m).
+    Cost (inject): 1 round below RELAY_FROM elements: single sender P_s sends 32 bytes per element (16 to each peer),
+    P_n and P_p 8; balanced (default) ~16 bytes per element each (48 m for n = 3 m). Relayed: 2 rounds; P_s sends
+    16 bytes per element, P_n and P_p 8 (32 m each, balanced).
     """
     with party.label("bit_inject"):
         if b.shape == x.shape:  # flatten, so that the balanced mode spreads the roles over all elements
