@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -110,6 +111,7 @@ class Communicator:
         self.stats = CommStats()
         self._labels: list[str] = []
         self.record_received: list | None = None  # a list: round() appends (label, peer, received tensor copy)
+        self.settle_pending: Callable[[], object] | None = None  # run when a cost() block ends normally
 
     @property
     def next(self) -> int:
@@ -128,16 +130,32 @@ class Communicator:
         finally:
             self._labels.pop()
 
+    @contextlib.contextmanager
+    def at_labels(self, labels: list):
+        """Run the block under the label path `labels` (where a deferred step was issued), then restore."""
+        saved, self._labels = self._labels, list(labels)
+        try:
+            yield
+        finally:
+            self._labels = saved
+
     @property
     def current_label(self) -> str:
         return "/".join(self._labels) or "unlabelled"
 
     @contextlib.contextmanager
     def cost(self):
+        """`with comm.cost() as c:` c holds the bytes, rounds and messages of the block (by label on c.by_label). A
+        step deferred inside the block (a product's resharing, tensor/shared.py PendingReshare) runs at its normal
+        end, so the block's cost includes it; one deferred before the block runs first, outside the count."""
         meter = CostMeter()
+        if self.settle_pending is not None:
+            self.settle_pending()
         before = self.stats.snapshot()
         try:
             yield meter
+            if self.settle_pending is not None:
+                self.settle_pending()
         finally:
             after = self.stats.snapshot()
             diff = {}

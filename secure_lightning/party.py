@@ -70,6 +70,7 @@ class Party:
         self.insecure_prg = insecure_prg
         self.audit = OpeningAudit()
         self.guard = None  # the overflow guard (protocols/guard.py): None = off, else its settings + pending samples
+        self.unsettled_product = None  # a product waiting for its resharing (tensor/shared.py PendingReshare)
 
     @property
     def next(self) -> int:

@@ -17,7 +17,7 @@ import torch
 
 from .. import gemm, ring
 from . import conv_live, guard
-from .sharing import Shares, reshare, zero_share
+from .sharing import Additive, Shares, reshare, zero_share
 
 OFFSET_BITS = 62  # truncation is exact for |x| < 2^62 (signed ring value)
 
@@ -25,7 +25,8 @@ OFFSET_BITS = 62  # truncation is exact for |x| < 2^62 (signed ring value)
 # ---------------------------------------------------------------------------------------------------------------------
 # Truncation
 
-def truncate_additive(z: torch.Tensor, d: int, *, party, opener: int = 0) -> Shares:
+def truncate_additive(z: torch.Tensor, d: int, *, party, opener: int = 0,
+                      replicate: bool = True) -> Shares | Additive:
     """Replicated shares of floor(z / 2^d) + e, e in {0, 1}, from additive shares z_i of a signed z, |z| < 2^62.
 
     No large errors: the result is correct for every |z| < 2^62 (not only with high probability), unlike ABY3's
@@ -38,7 +39,8 @@ def truncate_additive(z: torch.Tensor, d: int, *, party, opener: int = 0) -> Sha
             z >> d  ~  c' - r' + K * (m xor beta) - 2^(62-d),   m xor beta = beta + (1 - 2 beta)(u + v)
          additive shares: y_o = c' - 2^(62-d);  y_a = K beta - r' + K(1-2beta) u;  y_b = K(1-2beta) v.
       3. reshare(y).
-    Cost: 3 rounds; 2 ring elements (16 bytes) per element sent by each party.
+    Cost: 3 rounds; 2 ring elements (16 bytes) per element sent by each party. replicate=False: the additive shares y
+    of step 3 before their resharing (2 rounds, 8 bytes per element each; reshare or open them later).
     Error: result - z/2^d in (-1, 1] ulp... precisely floor(z/2^d) or floor(z/2^d) + 1.
     Ref: Dalskov, Escudero, Keller, "Secure Evaluation of Quantized Neural Networks", PETS 2020, Sec. 3.3.
     Why 3 rounds: the carry fix needs m (known to o after round 1) times beta (known to a and b); with the mask held
@@ -73,7 +75,7 @@ def truncate_additive(z: torch.Tensor, d: int, *, party, opener: int = 0) -> Sha
             else:
                 v = comm.round({}, {opener: (shape, ring.DTYPE)})[opener].to(dev)
                 y = K * sign * v
-        return reshare(y, party=party)
+        return reshare(y, party=party) if replicate else Additive(y)
 
 
 def truncate(x: Shares, d: int | None = None, *, party) -> Shares:
@@ -95,18 +97,20 @@ def square_additive(x: Shares) -> torch.Tensor:
     return x.cur * (x.cur + 2 * x.prev)
 
 
-def _finish(z: torch.Tensor, fixed: bool, label: str, *, party, extra_bits: int = 0) -> Shares:
+def _finish(z: torch.Tensor, fixed: bool, label: str, *, party, extra_bits: int = 0,
+            replicate: bool = True) -> Shares | Additive:
     """Replicated shares of the product z (additive): truncated by f + extra_bits when fixed, else reshared.
-    extra_bits: fractional bits the operands carry beyond f (deferred scales, e.g. an average pool's 1/4)."""
+    extra_bits: fractional bits the operands carry beyond f (deferred scales, e.g. an average pool's 1/4).
+    replicate=False (fixed only): the truncated product's additive shares, before their resharing."""
     with party.label(label):
-        y = truncate_additive(z, party.encoding.frac_bits + extra_bits, party=party) if fixed \
+        y = truncate_additive(z, party.encoding.frac_bits + extra_bits, party=party, replicate=replicate) if fixed \
             else reshare(z, party=party)
     if fixed:
         _watch_product(y, label, party=party, extra_bits=extra_bits)
     return y
 
 
-def _watch_product(y: Shares, op: str, *, party, extra_bits: int = 0) -> None:
+def _watch_product(y: Shares | Additive, op: str, *, party, extra_bits: int = 0) -> None:
     """Overflow guard (protocols/guard.py): sample a fixed-point product's output for |y| < 2^(62-2f-extra-1).
     Cost: 0 (a no-op when party.guard is None)."""
     if party.guard is not None:
@@ -128,14 +132,16 @@ def square(x: Shares, *, party, fixed: bool = True) -> Shares:
 
 
 def matmul(x: Shares, y: Shares, *, party, fixed: bool = True, force_limbs: bool = False,
-           extra_bits: int = 0) -> Shares:
+           extra_bits: int = 0, replicate: bool = True) -> Shares | Additive:
     """x @ y with torch.matmul semantics (batched, broadcast). Two local int64 matmuls per party.
     extra_bits: fractional bits of x and y beyond f together (truncated with the product's f: no extra cost).
+    replicate=False (fixed): additive shares of the truncated product (see truncate_additive).
 
-    Cost: as mul, per element of the (m x n) output: fixed: 3 rounds, 2 m n ring elements per party.
+    Cost: as mul, per element of the (m x n) output: fixed: 3 rounds, 2 m n ring elements per party; replicate=False:
+    2 rounds, m n elements per party.
     """
     return _finish(product_additive(x, y, lambda a, b: gemm.matmul(a, b, force_limbs)), fixed, "matmul", party=party,
-                   extra_bits=extra_bits)
+                   extra_bits=extra_bits, replicate=replicate)
 
 
 def conv2d(x: Shares, w: Shares, stride=1, padding=0, dilation=1, groups: int = 1, *, party,

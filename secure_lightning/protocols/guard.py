@@ -43,7 +43,7 @@ import torch
 
 from .. import ring
 from ..encoding import FixedPointOverflowError
-from .sharing import Shares
+from .sharing import Additive, Shares
 
 DEFAULT_SAMPLES = 64
 # Product outputs at scale f are checked against half the exact range 2^(62-2f): see the module docstring.
@@ -54,7 +54,7 @@ PRODUCT_MARGIN_BITS = 1
 class _Watch:
     what: str
     cur: torch.Tensor   # sampled shares, flat
-    prev: torch.Tensor
+    prev: torch.Tensor | None  # None: cur holds additive parts (a product not yet reshared; check reshares them)
     limit_raw: int      # |y| < limit_raw as a ring integer
     limit: float        # the same in real units (for messages)
     seen: int           # how many elements the watched output had
@@ -218,9 +218,10 @@ def remove_layer_hooks(model: torch.nn.Module) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # watch / check
 
-def watch(y: Shares, limit: float, what: str, *, party, scale_bits: int | None = None,
+def watch(y: Shares | Additive, limit: float, what: str, *, party, scale_bits: int | None = None,
           samples: int | None = None) -> None:
-    """Record a sample of y's elements, to be checked later (by `check`) for |y| < limit.
+    """Record a sample of y's elements, to be checked later (by `check`) for |y| < limit. Additive y (a product
+    before its resharing): the sampled parts are kept, and `check` reshares them (the samples only).
 
     limit: real units at scale 2^scale_bits (default: party.encoding.frac_bits). samples: how many positions
     (default party.guard.samples, 64); every element when y has no more. Positions come from party.prg_common.
@@ -229,7 +230,7 @@ def watch(y: Shares, limit: float, what: str, *, party, scale_bits: int | None =
     g = getattr(party, "guard", None)
     if g is None:
         return
-    n = y.cur.numel()
+    n = y.part.numel() if isinstance(y, Additive) else y.cur.numel()
     if n == 0:
         return
     k = g.samples if samples is None else int(samples)
@@ -237,13 +238,14 @@ def watch(y: Shares, limit: float, what: str, *, party, scale_bits: int | None =
     limit_raw = int(math.floor(limit * 2.0 ** bits))
     if not 1 <= limit_raw < 1 << 62:
         raise ValueError(f"guard limit {limit} at scale 2^{bits} is outside (0, 2^62) as a ring integer")
-    cur, prev = y.cur.reshape(-1), y.prev.reshape(-1)
+    flat = [y.part.reshape(-1)] if isinstance(y, Additive) else [y.cur.reshape(-1), y.prev.reshape(-1)]
     if n <= k:
-        cur, prev = cur.clone(), prev.clone()
+        flat = [t.clone() for t in flat]
     else:
         r = party.prg_common.ring((k,), "cpu")
-        idx = (ring.low_bits(r, 62) % n).to(cur.device)
-        cur, prev = cur[idx], prev[idx]
+        idx = (ring.low_bits(r, 62) % n).to(flat[0].device)
+        flat = [t[idx] for t in flat]
+    cur, prev = flat if len(flat) == 2 else (flat[0], None)
     g.pending.append(_Watch(what, cur, prev, limit_raw, float(limit), n))
 
 
@@ -261,7 +263,8 @@ def check(*, party, label: str = "guard") -> None:
     and the k counts opened to all in one reveal (recorded in party.audit as "guard/<what>").
     Cost: 9 rounds (ltz 8, 9 from convert.RELAY_FROM compared values on, + opening 1); per party ltz's balanced cost
     on 2n elements (about 83 bytes per sample)
-    plus 8 bytes per distinct `what`. Exactly, with 2n = 3m: Sb(2n) + T(2n) + 32 m + 8 k (notation of
+    plus 8 bytes per distinct `what`; one more round, 8 bytes per sample, when samples of products not yet reshared
+    are pending (they are reshared first). Exactly, with 2n = 3m: Sb(2n) + T(2n) + 32 m + 8 k (notation of
     protocols/compare.py; m rounded up per chunk by msb's balanced split). Nothing when nothing is pending.
     """
     g = getattr(party, "guard", None)
@@ -286,11 +289,27 @@ def check(*, party, label: str = "guard") -> None:
         raise FixedPointOverflowError(_message(bad, todo, party))
 
 
+def _reshare_additive_samples(todo: list, *, party) -> None:
+    """Replicated shares, in place, for the watches holding additive parts: one reshare of all their samples.
+    Cost: 1 round, 8 bytes per such sample (none when there are none)."""
+    from .sharing import reshare
+    parts = [w for w in todo if w.prev is None]
+    if not parts:
+        return
+    both = reshare(torch.cat([w.cur for w in parts]), party=party)
+    off = 0
+    for w in parts:
+        k = w.cur.numel()
+        w.cur, w.prev = both.cur[off:off + k], both.prev[off:off + k]
+        off += k
+
+
 def flag_bits(todo: list, *, party) -> Shares:
     """Arithmetic shares of one flag per sample of the watches `todo` (in order): 1 when |y| >= limit (2 when y is
     within a limit of -2^63), else 0. Nothing is opened. Cost: compare.ltz on 2n elements (8 rounds)."""
     from . import compare
     from .sharing import add_public
+    _reshare_additive_samples(todo, party=party)
     dev = todo[0].cur.device
     y = Shares(torch.cat([w.cur for w in todo]), torch.cat([w.prev for w in todo]))
     lim = torch.cat([torch.full((w.cur.numel(),), w.limit_raw, dtype=ring.DTYPE, device=dev) for w in todo])

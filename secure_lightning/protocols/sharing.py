@@ -35,6 +35,15 @@ class Shares(NamedTuple):
         return Shares(-self.cur, -self.prev)
 
 
+class Additive(NamedTuple):
+    """3-out-of-3 additive shares: P_i holds part = z_i, x = z_0 + z_1 + z_2 (a product before its resharing)."""
+    part: torch.Tensor
+
+    @property
+    def shape(self):
+        return self.part.shape
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Correlated randomness (no communication)
 
@@ -211,11 +220,14 @@ def share_encoded(enc, owner: int, shape, *, party) -> Shares:
     return Shares(party.prg_next.ring(shape, party.device), got)  # P_{o-1}: x_{o-1} (cur), x_{o+1} (prev)
 
 
-def reveal(x: Shares, to: int | None = None, *, party, label: str = "reveal") -> torch.Tensor | None:
+def reveal(x: Shares | Additive, to: int | None = None, *, party, label: str = "reveal") -> torch.Tensor | None:
     """Open the ring value to all parties (to=None) or to party `to` only; recorded in the party's audit.
 
     Cost: 1 round. To all: 1 ring element per element sent by each party. To one party: 1 element per element, sent
     by P_{to-1} only. Returns the ring tensor (None on parties that receive nothing).
+    Additive shares (a product not yet reshared) open without their resharing, in 1 round: to one party, each other
+    party sends its part masked by a value of their pair PRG (8 bytes per element each); to all, every party sends
+    its part plus a fresh zero-sharing to both peers (16 bytes per element each). A receiver learns the sum only.
     With the overflow guard on and samples pending, guard.check runs first (and raises FixedPointOverflowError
     instead of opening a value computed from an overflowed product): see protocols/guard.py for its cost.
     """
@@ -242,7 +254,9 @@ def reveal_labelled(x: Shares, labels: list, *, party) -> torch.Tensor:
         return _open(x, None, party=party)
 
 
-def _open(x: Shares, to: int | None, *, party) -> torch.Tensor | None:
+def _open(x: Shares | Additive, to: int | None, *, party) -> torch.Tensor | None:
+    if isinstance(x, Additive):
+        return _open_additive(x.part, to, party=party)
     if to is None:
         missing = party.comm.round({party.next: x.prev}, {party.prev: (x.shape, ring.DTYPE)})[party.prev]
         return x.cur + x.prev + missing.to(x.cur.device)
@@ -250,6 +264,22 @@ def _open(x: Shares, to: int | None, *, party) -> torch.Tensor | None:
         missing = party.comm.round({}, {party.prev: (x.shape, ring.DTYPE)})[party.prev]
         return x.cur + x.prev + missing.to(x.cur.device)
     party.comm.round({to: x.prev} if party.next == to else {})
+    return None
+
+
+def _open_additive(z: torch.Tensor, to: int | None, *, party) -> torch.Tensor | None:
+    comm, spec = party.comm, (z.shape, ring.DTYPE)
+    if to is None:
+        m = z + zero_share(z.shape, party=party)
+        got = comm.round({comm.next: m, comm.prev: m}, {comm.next: spec, comm.prev: spec})
+        return m + got[comm.next].to(z.device) + got[comm.prev].to(z.device)
+    if party.rank == to:
+        got = comm.round({}, {comm.next: spec, comm.prev: spec})
+        return z + got[comm.next].to(z.device) + got[comm.prev].to(z.device)
+    if party.rank == (to + 1) % 3:  # P_{to+1} and P_{to+2} mask with their pair's stream
+        comm.round({to: z + party.prg_next.ring(z.shape, z.device)})
+    else:
+        comm.round({to: z - party.prg_prev.ring(z.shape, z.device)})
     return None
 
 

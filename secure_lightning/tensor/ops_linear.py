@@ -1,7 +1,9 @@
 """Bilinear ops: matrix products and 2-D convolutions, forward and backward.
 
 Cost (per party): every product of two fixed-point values is one local bilinear step (two int64 GEMMs/convs) and one
-truncation: 3 rounds, 2 ring elements (16 bytes) per output element (arithmetic.matmul / conv2d). A product with a
+truncation: 3 rounds, 2 ring elements (16 bytes) per output element (arithmetic.matmul / conv2d). A secret x secret
+matrix product's last round (its resharing, 8 bytes per element) waits for the result's first use; opening the
+result right away skips it (shared.PendingReshare, sharing_io.reveal_tensor). A product with a
 public operand costs the same (one truncation), except for public integer matrices (free).
 Error: <= 1 ulp of truncation per output element on top of the inputs' rounding (0.5 ulp times the other operand,
 summed over the inner dimension).
@@ -24,7 +26,7 @@ from .dispatch import (
     public_value, raw_of, shares_of, wrap,
 )
 from .functional import add, apply_local, mul, sum_
-from .shared import SharedTensor
+from .shared import SharedTensor, lazy_product
 
 
 def matmul(a, b):
@@ -38,7 +40,8 @@ def matmul(a, b):
     if pa is not None:
         return _matmul_public(b, pa, left=True)
     (xa, ea), (xb, eb) = a.raw_shares, b.raw_shares  # deferred scales fold into the product's truncation
-    return wrap(A.matmul(xa, xb, party=party, extra_bits=ea + eb), party)
+    # resharing deferred to the first use: an opening right after skips it (shared.PendingReshare)
+    return lazy_product(A.matmul(xa, xb, party=party, extra_bits=ea + eb, replicate=False), party)
 
 
 def _matmul_public(x, c, left):

@@ -11,6 +11,9 @@ storage. It holds
           pool's power-of-two divisor, deferred). Reading `shares` settles them first (one truncation); the
           products (matmul, conv), ReLU and the shape ops read the raw shares instead (`raw_shares`) and fold e
           into their own truncation, which removes the pool's truncation (3 rounds, 16 bytes per element).
+          Or a PendingReshare: a secret x secret matrix product before its resharing. Any read of the shares (or
+          the raw shares) reshares it; `reveal_tensor` opens it directly instead, which saves the resharing
+          (the product opened at once, as a final layer's output or a lone matmul is).
   public  None, or the float64 value when every party knows it (constants made by factories such as ones_like,
           the seed of `loss.backward()`); the shares are then the public sharing of that value. Operations use it
           to skip a protocol (a product with a public value needs no multiplication protocol). It is tied to the
@@ -32,7 +35,7 @@ from __future__ import annotations
 import torch
 
 from ..protocols.arithmetic import truncate
-from ..protocols.sharing import Shares
+from ..protocols.sharing import Additive, Shares, reshare
 
 LOGICAL_DTYPES = (torch.float32, torch.int64, torch.bool)
 
@@ -76,6 +79,51 @@ class PendingBits:
             self.bits = 0
 
 
+class PendingReshare:
+    """The additive shares of a product not yet reshared (protocols.sharing.Additive). `settle` reshares them
+    (1 round, 8 bytes per element per party) under the label path where the product ran, and returns the Shares.
+    `open_additive` hands them to an opening instead (sharing.reveal opens additive shares without the resharing).
+    At most one per party waits: a new lazy product, the normal end of a comm.cost() block or any read of the tensor
+    settles it first, at the same point on every party (every party runs the same operations)."""
+    __slots__ = ("additive", "result", "party", "labels")
+    bits = 0
+
+    def __init__(self, additive: Additive, party):
+        waiting = getattr(party, "unsettled_product", None)
+        if waiting is not None:
+            waiting.settle()
+        self.additive, self.result, self.party = additive, None, party
+        self.labels = party.comm.current_label.split("/") if party.comm.current_label != "unlabelled" else []
+        party.unsettled_product = self
+        party.comm.settle_pending = self.settle
+
+    def settle(self) -> Shares:
+        if self.result is None:
+            with self.party.comm.at_labels(self.labels):
+                self.result = reshare(self.additive.part, party=self.party)
+            self.additive = None
+            self._release()
+        return self.result
+
+    def open_additive(self) -> Additive | None:
+        """The additive shares for an opening (None once settled); after it, only a read of the tensor settles."""
+        self._release()
+        return self.additive
+
+    def _release(self):
+        if getattr(self.party, "unsettled_product", None) is self:
+            self.party.unsettled_product = None
+            self.party.comm.settle_pending = None
+
+
+def lazy_product(additive: Additive, party) -> "SharedTensor":
+    """A float32 SharedTensor over a product's additive shares, reshared on first use (PendingReshare)."""
+    z = torch.zeros((), dtype=torch.int64, device=additive.part.device).expand(additive.part.shape)
+    out = SharedTensor(Shares(z, z), party)
+    out.__dict__["_pending"] = PendingReshare(additive, party)
+    return out
+
+
 class SharedTensor(torch.Tensor):
     shares: Shares
     party: object
@@ -107,7 +155,9 @@ class SharedTensor(torch.Tensor):
         d = self.__dict__
         pending = d.get("_pending")
         if pending is not None:
-            pending.settle()
+            settled = pending.settle()
+            if settled is not None:  # a PendingReshare's result replaces the placeholder shares
+                d["_shares"] = settled
             d["_pending"] = None
         return d["_shares"]
 
@@ -121,6 +171,8 @@ class SharedTensor(torch.Tensor):
         """(shares, e): the shares as stored and the extra fractional bits they carry (0: plain scale 2^f)."""
         d = self.__dict__
         pending = d.get("_pending")
+        if isinstance(pending, PendingReshare):
+            return self.shares, 0
         return d["_shares"], (pending.bits if pending is not None else 0)
 
     def defer_scale(self, bits: int, same_base_as: "SharedTensor | None" = None) -> "SharedTensor":

@@ -12,7 +12,7 @@ from torch.autograd.function import once_differentiable
 
 from ..protocols import sharing as S
 from .dispatch import make_public
-from .shared import SharedTensor
+from .shared import PendingReshare, SharedTensor
 
 # The tag of the share header (protocols.sharing.share_tagged): the logical dtype, public like the shape.
 _DTYPE_CODES = {torch.float32: 0, torch.int64: 1, torch.bool: 2}
@@ -81,12 +81,16 @@ class RevealFn(torch.autograd.Function):
 def reveal_tensor(t: SharedTensor, to: int | None = None, label: str = "reveal") -> torch.Tensor | None:
     """Open a SharedTensor: to all parties (to=None) or to party `to` (others get None). Every party must call it.
     Recorded in party.audit. Returns float32 (int64 / bool for integer / boolean SharedTensors).
-    Cost: 1 round; to all: 8 bytes per element from each party; to one: 8 bytes per element from one party."""
+    Cost: 1 round; to all: 8 bytes per element from each party; to one: 8 bytes per element from one party. A
+    product not yet reshared (shared.PendingReshare) opens from its additive shares, without the resharing (1 round,
+    8 bytes per element per party): to one: 8 bytes per element from each of the two others; to all: 16 from each."""
     if not isinstance(t, SharedTensor):
         raise TypeError(f"reveal_tensor takes a SharedTensor, got {type(t).__name__}")
     if t.dtype == torch.float32 and to is None and t.requires_grad and torch.is_grad_enabled():
         return RevealFn.apply(t, label)
-    v = S.reveal_float(t.shares, to, party=t.party, label=label)
+    pending = t.__dict__.get("_pending")
+    additive = pending.open_additive() if isinstance(pending, PendingReshare) else None
+    v = S.reveal_float(t.shares if additive is None else additive, to, party=t.party, label=label)
     if v is None:
         return None
     if t.dtype == torch.int64:
