@@ -82,8 +82,9 @@ def reveal_tensor(t: SharedTensor, to: int | None = None, label: str = "reveal")
     """Open a SharedTensor: to all parties (to=None) or to party `to` (others get None). Every party must call it.
     Recorded in party.audit. Returns float32 (int64 / bool for integer / boolean SharedTensors).
     Cost: 1 round; to all: 8 bytes per element from each party; to one: 8 bytes per element from one party. A
-    product not yet reshared (shared.PendingReshare) opens from its additive shares, without the resharing (1 round,
-    8 bytes per element per party): to one: 8 bytes per element from each of the two others; to all: 16 from each."""
+    product not yet reshared (shared.PendingReshare) opens from its additive shares and skips its resharing (8 bytes
+    per element from every party): 1 round; to one: 8 bytes per element from each of the two others; to all: 16
+    from each."""
     if not isinstance(t, SharedTensor):
         raise TypeError(f"reveal_tensor takes a SharedTensor, got {type(t).__name__}")
     if t.dtype == torch.float32 and to is None and t.requires_grad and torch.is_grad_enabled():
