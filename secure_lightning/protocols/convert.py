@@ -184,6 +184,22 @@ def _out_shape(b: BinShares, x, index) -> tuple:
     return bs if x is None else torch.broadcast_shapes(bs, x.shape)
 
 
+def _receiver_sum(c, t, f, e, x_n, x_s, idx) -> torch.Tensor:
+    """The receiver's addend of b x: c (x_n + x_s) + t e + t x_n f; of b itself (x_n None): c + t f."""
+    ci, ti, fi = _pick(c, idx), _pick(t, idx), _pick(f, idx)
+    if x_n is None:
+        return ci + ti * fi
+    return ci * (x_n + x_s) + ti * e + ti * x_n * fi
+
+
+def _helper_sum(c, t, v, w, x_p, x_n, idx) -> torch.Tensor:
+    """The helper's addend of b x: c x_p - t W - t x_n V; of b itself (x_p None): -t V."""
+    ti, vi = _pick(t, idx), _pick(v, idx)
+    if x_p is None:
+        return -ti * vi
+    return _pick(c, idx) * x_p - ti * w - ti * x_n * vi
+
+
 def _inject_part(b: BinShares, items, sender: int, *, party) -> B.Part:
     """One sender's share of inject's round (all PRG draws happen here, before the round)."""
     s, nx, pv = _roles(sender)
@@ -217,24 +233,16 @@ def _inject_part(b: BinShares, items, sender: int, *, party) -> B.Part:
     r_mine = [prg_s.ring(sh, dev) for sh in shapes]
     help_msgs = []
     for k, ((x, idx), sh) in enumerate(zip(items, shapes)):
-        ti, vi = _pick(t, idx), _pick(vm, idx)
-        if x is None:
-            a_help = -ti * vi
-        else:
-            a_help = _pick(c, idx) * x_mine[k] - ti * prg_s.ring(sh, dev) - ti * x_n[k] * vi
-        help_msgs.append((a_help - r_mine[k], B.ALL))
+        w = None if x is None else prg_s.ring(sh, dev)
+        help_msgs.append((_helper_sum(c, t, vm, w, x_mine[k], x_n[k], idx) - r_mine[k], B.ALL))
     specs_s = [(b.shape, B.ALL)] + [(sh, B.ALL) for (x, _), sh in zip(items, shapes) if x is not None]
 
     def finish(got):
         f, es = got[s][0], iter(got[s][1:])
         outs = []
-        for k, ((x, idx), sh) in enumerate(zip(items, shapes)):
-            ci, ti, fi = _pick(c, idx), _pick(t, idx), _pick(f, idx)
-            if x is None:
-                a_recv = ci + ti * fi
-            else:
-                a_recv = ci * (x_n[k] + x_mine[k]) + ti * next(es) + ti * x_n[k] * fi
-            y_n = a_recv + got[other][k] - r_mine[k]
+        for k, (x, idx) in enumerate(items):
+            e = None if x is None else next(es)
+            y_n = _receiver_sum(c, t, f, e, x_n[k], x_mine[k], idx) + got[other][k] - r_mine[k]
             outs.append(Shares(y_n, r_mine[k]) if is_n else Shares(r_mine[k], y_n))
         return outs
 
@@ -269,12 +277,9 @@ def _inject_relay_part(b: BinShares, items, sender: int, *, party) -> B.Part:
         r0 = [party.prg_next.ring(sh, dev) for sh in shapes]
         help_msgs = []
         for (x, idx), sh, r in zip(items, shapes, r0):
-            ti, vi = _pick(t, idx), _pick(v, idx)
-            if x is None:
-                a_p = -ti * vi
-            else:
-                a_p = _pick(c, idx) * x.cur - ti * party.prg_next.ring(sh, dev) - ti * x.prev * vi
-            help_msgs.append((a_p - r, B.ALL))
+            w = None if x is None else party.prg_next.ring(sh, dev)
+            x_p, x_n = (None, None) if x is None else (x.cur, x.prev)
+            help_msgs.append((_helper_sum(c, t, v, w, x_p, x_n, idx) - r, B.ALL))
 
         def relayed(got):
             return B.Part({}, {nx: [(sh, B.ALL) for sh in shapes]},
@@ -290,12 +295,8 @@ def _inject_relay_part(b: BinShares, items, sender: int, *, party) -> B.Part:
         f, es = got[s][0], iter(got[s][1:])
         ys = []
         for k, ((x, idx), r) in enumerate(zip(items, r1)):
-            ci, ti, fi = _pick(c, idx), _pick(t, idx), _pick(f, idx)
-            if x is None:
-                a_n = ci + ti * fi
-            else:
-                a_n = ci * (x.cur + x.prev) + ti * next(es) + ti * x.cur * fi
-            ys.append(a_n + got[pv][k] - r)
+            e, x_n, x_s = (None, None, None) if x is None else (next(es), x.cur, x.prev)
+            ys.append(_receiver_sum(c, t, f, e, x_n, x_s, idx) + got[pv][k] - r)
         return B.Part({pv: [(y, B.ALL) for y in ys]}, {}, lambda got2: [Shares(y, r) for y, r in zip(ys, r1)])
 
     specs_s = [(b.shape, B.ALL)] + [(sh, B.ALL) for (x, _), sh in zip(items, shapes) if x is not None]
