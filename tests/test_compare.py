@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from secure_lightning.protocols import compare as CMP
+from secure_lightning.protocols import pooling as POOL
 from secure_lightning.protocols.sharing import reveal, reveal_float, share
 
 ULP = 2.0 ** -20
@@ -302,16 +303,16 @@ def _avgpool(party, x, gs, ags):
     out, aout = [], []
     for kw, gr in zip(AVG_CASES, gs):
         with party.comm.cost() as c:
-            y = CMP.avg_pool2d(a, **kw, party=party)
+            y = POOL.avg_pool2d(a, **kw, party=party)
         sg = share(gr if party.rank == 0 else None, 0, party=party)
         with party.comm.cost() as cb:
-            gx = CMP.avg_pool2d_backward(sg, x.shape, **kw, party=party)
+            gx = POOL.avg_pool2d_backward(sg, x.shape, **kw, party=party)
         out.append((y, gx, c.total, cb.total))
     for osz, gr in zip(ADAPTIVE, ags):
         with party.comm.cost() as c:
-            y = CMP.adaptive_avg_pool2d(a, osz, party=party)
+            y = POOL.adaptive_avg_pool2d(a, osz, party=party)
         sg = share(gr if party.rank == 0 else None, 0, party=party)
-        gx = CMP.adaptive_avg_pool2d_backward(sg, x.shape, party=party)
+        gx = POOL.adaptive_avg_pool2d_backward(sg, x.shape, party=party)
         aout.append((y, gx, c.total))
     audit = len(party.audit)
     rf = lambda s: reveal_float(s, party=party)  # noqa: E731
@@ -349,10 +350,10 @@ def _global_avgpool(party, x, g):
     a = share(x if party.rank == 0 else None, 0, party=party)
     sg = share(g if party.rank == 0 else None, 0, party=party)
     with party.comm.cost() as c:
-        y = CMP.avg_pool2d(a, 7, party=party)
-    ya = CMP.adaptive_avg_pool2d(a, 1, party=party)
-    gx = CMP.avg_pool2d_backward(sg, x.shape, 7, party=party)
-    gxa = CMP.adaptive_avg_pool2d_backward(sg, x.shape, party=party)
+        y = POOL.avg_pool2d(a, 7, party=party)
+    ya = POOL.adaptive_avg_pool2d(a, 1, party=party)
+    gx = POOL.avg_pool2d_backward(sg, x.shape, 7, party=party)
+    gxa = POOL.adaptive_avg_pool2d_backward(sg, x.shape, party=party)
     return [reveal_float(v, party=party) for v in (y, ya, gx, gxa)] + [c.total]
 
 

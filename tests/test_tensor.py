@@ -239,7 +239,7 @@ def test_pooling_gradients(parties):
     # 1152 windows of 4: every comparison level's inject has >= convert.RELAY_FROM outputs (relayed, onehot included)
     big = torch.randn(2, 4, 24, 24, generator=g) * 3
     check(parties, lambda t: F.max_pool2d(F.relu(t), 2), [big], atol=2 * ULP)
-    # average pools (compare.avg_pool2d): 1 ulp truncation + |window sum| 2^-(f+1) from rounding 1/divisor; window
+    # average pools (pooling.avg_pool2d): 1 ulp truncation + |window sum| 2^-(f+1) from rounding 1/divisor; window
     # sums here are below ~20, so 16 ulp
     check(parties, lambda t: F.avg_pool2d(t, 2), [x], atol=16 * ULP)
     check(parties, lambda t: F.avg_pool2d(t, 3, stride=2, padding=1, count_include_pad=False), [x], atol=16 * ULP)

@@ -1,5 +1,5 @@
 """Non-linear aten ops on SharedTensor, each a call into protocols.compare or protocols.approx (their docstrings give
-cost and error), plus the linear pools (compare.avg_pool2d / adaptive_avg_pool2d and their backward).
+cost and error), plus the linear pools (pooling.avg_pool2d / adaptive_avg_pool2d and their backward).
 
 Comparisons return a bool SharedTensor holding 0.0/1.0 in fixed point (so `.float()` is free and it multiplies
 like any value); indices from max/argmax are int64 SharedTensors (secret, fixed-point encoded integers).
@@ -12,7 +12,7 @@ from torch.autograd.function import once_differentiable
 from torch.return_types import max as max_result
 from torch.return_types import topk as topk_result
 
-from ..protocols import approx, compare
+from ..protocols import approx, compare, pooling
 from ..protocols import arithmetic as A
 from ..protocols import local as L
 from ..protocols.sharing import Shares
@@ -261,15 +261,15 @@ def topk(input, k, dim=-1, largest=True, sorted=True, *, out=None):
 def avg_pool2d(self, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
     """A power-of-two window (2x2, 4x4): window sums with the 1/2^e deferred (free; the next product folds it into
-    its truncation, see shared.PendingBits). Any other divisor: one truncation (compare.avg_pool2d)."""
+    its truncation, see shared.PendingBits). Any other divisor: one truncation (pooling.avg_pool2d)."""
     party = self.party
     x, e = self.raw_shares
     args = (kernel_size, stride or None, padding, ceil_mode, count_include_pad, divisor_override)
-    summed = compare.sum_pool2d(x, *args, party=party, max_bits=MAX_DEFERRED_BITS - e)
+    summed = pooling.sum_pool2d(x, *args, party=party, max_bits=MAX_DEFERRED_BITS - e)
     if summed is not None:
         return wrap(summed[0], party).defer_scale(e + summed[1])
     with party.label("avg_pool2d"):
-        return wrap(compare.avg_pool2d(self.shares, *args, party=party), party)
+        return wrap(pooling.avg_pool2d(self.shares, *args, party=party), party)
 
 
 @implements(aten.avg_pool2d_backward.default)
@@ -281,11 +281,11 @@ def avg_pool2d_backward(grad_output, self, kernel_size, stride, padding, ceil_mo
     party = party_of(grad_output, self)
     g, eg = raw_of(grad_output, party)
     args = (kernel_size, stride or None, padding, ceil_mode, count_include_pad, divisor_override)
-    spread = compare.sum_pool2d_backward(g, tuple(self.shape), *args, party=party, max_bits=MAX_DEFERRED_BITS - eg)
+    spread = pooling.sum_pool2d_backward(g, tuple(self.shape), *args, party=party, max_bits=MAX_DEFERRED_BITS - eg)
     if spread is not None:
         return wrap(spread[0], party).defer_scale(eg + spread[1])
     with party.label("avg_pool2d_backward"):
-        g = compare.avg_pool2d_backward(shares_of(grad_output, party), tuple(self.shape), kernel_size,
+        g = pooling.avg_pool2d_backward(shares_of(grad_output, party), tuple(self.shape), kernel_size,
                                            stride or None, padding, ceil_mode, count_include_pad, divisor_override,
                                            party=party)
     return wrap(g, party)
@@ -295,14 +295,14 @@ def avg_pool2d_backward(grad_output, self, kernel_size, stride, padding, ceil_mo
 def adaptive_avg_pool2d(self, output_size):
     party = self.party
     with party.label("adaptive_avg_pool2d"):
-        return wrap(compare.adaptive_avg_pool2d(self.shares, output_size, party=party), party)
+        return wrap(pooling.adaptive_avg_pool2d(self.shares, output_size, party=party), party)
 
 
 @implements(aten._adaptive_avg_pool2d_backward.default)
 def adaptive_avg_pool2d_backward(grad_output, self):
     party = party_of(grad_output, self)
     with party.label("adaptive_avg_pool2d_backward"):
-        return wrap(compare.adaptive_avg_pool2d_backward(shares_of(grad_output, party), tuple(self.shape),
+        return wrap(pooling.adaptive_avg_pool2d_backward(shares_of(grad_output, party), tuple(self.shape),
                                                             party=party), party)
 
 
