@@ -262,10 +262,10 @@ def check(*, party, label: str = "guard") -> None:
     elements), flag = 2 - [y - L < 0] - [-y - L < 0] (1 when |y| >= L), flags summed per watched `what` (locally)
     and the k counts opened to all in one reveal (recorded in party.audit as "guard/<what>").
     Cost: 9 rounds (ltz 8, 9 from convert.RELAY_FROM compared values on, + opening 1); per party ltz's balanced cost
-    on 2n elements (about 83 bytes per sample)
-    plus 8 bytes per distinct `what`; one more round, 8 bytes per sample, when samples of products not yet reshared
-    are pending (they are reshared first). Exactly, with 2n = 3m: Sb(2n) + T(2n) + 32 m + 8 k (notation of
-    protocols/compare.py; m rounded up per chunk by msb's balanced split). Nothing when nothing is pending.
+    on 2n elements (about 83 bytes per sample) plus 8 bytes per distinct `what`; one more round, 8 bytes per sample,
+    when samples of products not yet reshared are pending (they are reshared first). Exactly, with 2n = 3m:
+    Sb(2n) + T(2n) + 32 m + 8 k (notation of protocols/compare.py; m rounded up per chunk by msb's balanced split).
+    Nothing when nothing is pending.
     """
     g = getattr(party, "guard", None)
     if g is None or not g.pending:

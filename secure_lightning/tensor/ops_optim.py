@@ -39,7 +39,7 @@ def _scale_all(tensors, scalar):
     party = secret[0].party
     raw = [t.raw_shares for t in secret]  # deferred scales (pooled layers' bias gradients) fold into the truncation
     top = max(e for _, e in raw)
-    flat = L.cat([L.mul_int(s, 1 << (top - e)).map(lambda v: v.reshape(-1)) for s, e in raw])
+    flat = L.cat([(L.mul_int(s, 1 << (top - e)) if e < top else s).map(lambda v: v.reshape(-1)) for s, e in raw])
     prod = mul_public_real(flat, c, party=party, extra_bits=top)
     off, scaled = 0, {}
     for t in secret:
