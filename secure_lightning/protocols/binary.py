@@ -258,9 +258,10 @@ class Part(NamedTuple):
     finish: Callable  # finish({peer: [received words]}) -> result
 
 
-def run_parts(parts: Sequence[Part], *, party) -> list:
+def run_parts(parts: Sequence[Part], *, party, exchange: Callable = exchange) -> list:
     """Run several Parts in ONE round: their fields to the same peer are merged into one message (bits packed
-    together). Cost: 1 round; per peer, message_nbytes of the merged fields."""
+    together; `exchange` does the round, e.g. bitsliced.exchange_rows for fields of bit rows).
+    Cost: 1 round; per peer, message_nbytes of the merged fields."""
     sends: dict = {}
     recvs: dict = {}
     for pt in parts:

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 
 from .. import ring
-from . import binary as B
+from . import binary as B, bitsliced
 from .binary import BinShares
 from .sharing import Shares
 
@@ -163,6 +163,8 @@ def msb(x: Shares, *, party, sender: int | None = None, bits: int = 64) -> BinSh
     with party.label("msb"):
         if z:
             x = x.map(lambda t: t << z)
+        if bitsliced.applies(x, sender):
+            return bitsliced.msb(x, party=party, sender=sender, bits=bits)
         g, p = split_generate_propagate(x, B.mask_range(z, 64), B.mask_range(z, 63), party=party, sender=sender)
         top = B.group_generate(B.lshift(g, 1), B.lshift(p, 1), party=party, lo=z)
         return B.bit(B.xor(p, top), 63)
