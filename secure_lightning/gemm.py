@@ -52,34 +52,97 @@ def use_limbs(*ts: torch.Tensor, force: bool = False) -> bool:
     return force or any(t.is_cuda for t in ts)
 
 
-# CPU: torch's int64 GEMM is not a BLAS path, and on some CPUs (AVX2 without AVX-512) it runs at ~0.1-0.4 G
-# multiply-adds per second, where the ten float64 limb products can be 1.5-3.5x faster; on others it wins. Which is
-# faster depends on the CPU and the shape, so a 2-D product of at least AUTOTUNE_MIN_MACS multiply-adds is timed both
-# ways the first time its shape and layout occur (that call returns the int64 result) and the faster path is kept
-# for that key. Both paths are exact (the same ring value), so the choice changes no result and no byte.
+# CPU: torch's int64 GEMM and convolution are not BLAS paths, and on some CPUs (AVX2 without AVX-512) they run at
+# ~0.1-1 G multiply-adds per second, where float64 products of 22-bit digits (`_digit_product`: 6 products) can be
+# 1.5-3x faster; on others int64 wins. Which is faster depends on the CPU and the shape, so a 2-D product or a
+# convolution of at least AUTOTUNE_MIN_MACS multiply-adds is timed both ways the first time its shape and layout occur
+# (that call returns the int64 result) and the faster path is kept for that key. Both paths are exact (the same ring
+# value), so the choice changes no result and no byte.
 AUTOTUNE_MIN_MACS = 1 << 22
-AUTOTUNE_MAX_BYTES = 256 << 20  # the limb path's float64 buffers: 4 limbs per operand word, 10 products per output
+AUTOTUNE_MAX_BYTES = 256 << 20  # the float paths' buffers: a few float64 copies per operand word and output
+SMALL = 16  # a matmul with at most this many rows (or columns) runs as matrix-vector products (int64 gemv)
 _LIMBS_FASTER: dict = {}
 
+# Signed 22-bit digits: x = d0 + d1 2^22 + d2 2^44 (mod 2^64) with |d0|, |d1| <= 2^21 and |d2| <= 2^19, so a digit
+# product is at most 2^42 and a sum of up to 2^11 of them is an exact float64 integer (<= 2^53). Only the 6 digit
+# pairs with i + j < 3 reach below bit 64.
+DIGIT_BITS = 22
+DIGIT_MAX_TERMS = 1 << 11
 
-def _cpu_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b on the CPU: torch's int64 GEMM, or for a large 2-D product the faster exact path for its shape."""
-    if a.dim() != 2 or b.dim() != 2:
-        return torch.matmul(a, b)
-    (n, k), m = a.shape, b.shape[1]
-    if n * k * m < AUTOTUNE_MIN_MACS or k >= MAX_INNER or \
-            8 * (4 * (a.numel() + b.numel()) + 10 * n * m) > AUTOTUNE_MAX_BYTES:
-        return torch.matmul(a, b)
-    key = (n, k, m, a.stride(), b.stride())
+
+def _digits(x: torch.Tensor) -> list[torch.Tensor]:
+    """The three signed 22-bit digits of int64 x as float64 (wrapping arithmetic: exact mod 2^64)."""
+    half, mask = 1 << (DIGIT_BITS - 1), (1 << DIGIT_BITS) - 1
+    d0 = ((x + half) & mask) - half
+    r = (x - d0) >> DIGIT_BITS
+    d1 = ((r + half) & mask) - half
+    return [d0.double(), d1.double(), ((r - d1) >> DIGIT_BITS).double()]
+
+
+def _digit_product(a: torch.Tensor, b: torch.Tensor, op, inner: int) -> torch.Tensor:
+    """op(a, b) mod 2^64 for a bilinear op with `inner` terms per output (<= DIGIT_MAX_TERMS): sum over the digit
+    pairs of float64 op(a_i, b_j) << 22 (i + j). The products of one shift are added in float64 while their terms
+    stay within DIGIT_MAX_TERMS, else each is cast to int64 first."""
+    if inner > DIGIT_MAX_TERMS:
+        raise ValueError(f"digit product: {inner} terms per output > {DIGIT_MAX_TERMS}, not exact in float64")
+    da, db = _digits(a), _digits(b)
+    out = None
+    for s in range(3):
+        prods = [op(da[i], db[s - i]) for i in range(s + 1)]
+        if (s + 1) * inner <= DIGIT_MAX_TERMS:
+            term = sum(prods[1:], prods[0]).to(torch.int64)
+        else:
+            term = sum((p.to(torch.int64) for p in prods[1:]), prods[0].to(torch.int64))
+        term = torch.bitwise_left_shift(term, DIGIT_BITS * s)
+        out = term if out is None else out.add_(term)
+    return out
+
+
+def _float_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b mod 2^64 through float64 BLAS: 22-bit digits when the inner dimension allows, else 16-bit limbs."""
+    if a.shape[-1] <= DIGIT_MAX_TERMS:
+        return _digit_product(a, b, torch.matmul, a.shape[-1])
+    return _limb_matmul(a, b)
+
+
+def _by_vectors(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b (2-D, at most SMALL rows or columns) as int64 matrix-vector products: torch's int64 GEMM pays a fixed
+    cost per call that a handful of gemv calls do not (1 x 800 x 500: ~6 ms against ~0.3 ms)."""
+    if a.shape[0] <= b.shape[1]:
+        bt = b.t()
+        return torch.stack([torch.mv(bt, row) for row in a])
+    return torch.stack([torch.mv(a, col) for col in b.t()], dim=1)
+
+
+def _autotuned(key, macs: int, nbytes: int, int64_path, float_path) -> torch.Tensor:
+    """The faster exact path for `key` (timed both ways on its first call, which returns the int64 result);
+    int64 for products too small (macs) or too large (nbytes of float buffers) to be worth timing."""
+    if macs < AUTOTUNE_MIN_MACS or nbytes > AUTOTUNE_MAX_BYTES:
+        return int64_path()
     faster = _LIMBS_FASTER.get(key)
     if faster is None:
         t0 = time.perf_counter()
-        out = torch.matmul(a, b)
+        out = int64_path()
         t1 = time.perf_counter()
-        _limb_matmul(a, b)
+        float_path()
         _LIMBS_FASTER[key] = time.perf_counter() - t1 < t1 - t0
         return out
-    return _limb_matmul(a, b) if faster else torch.matmul(a, b)
+    return float_path() if faster else int64_path()
+
+
+def _cpu_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b on the CPU: gemv for a few rows or columns, else torch's int64 GEMM or, for a large 2-D product, the
+    faster exact path for its shape."""
+    if a.dim() != 2 or b.dim() != 2:
+        return torch.matmul(a, b)
+    (n, k), m = a.shape, b.shape[1]
+    if min(n, m) <= SMALL:
+        return _by_vectors(a, b)
+    if k >= MAX_INNER:
+        return torch.matmul(a, b)
+    return _autotuned(("matmul", n, k, m, a.stride(), b.stride()), n * k * m,
+                      8 * (4 * (a.numel() + b.numel()) + 10 * n * m),
+                      lambda: torch.matmul(a, b), lambda: _float_matmul(a, b))
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor, force_limbs: bool = False) -> torch.Tensor:
@@ -107,6 +170,13 @@ def _limb_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _combine(prods)
 
 
+def _out_hw(x, w, stride, padding, dilation) -> tuple[int, int]:
+    """Output height and width of a 4-D conv2d with int or pair stride, padding and dilation."""
+    (kh, kw), pair = w.shape[-2:], (lambda v: (v, v) if isinstance(v, int) else tuple(v))
+    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    return (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+
 def _conv2d_cpu_sliced(x, w, stride, padding, dilation, groups):
     """F.conv2d in batch slices (or input-channel slices, summed) of at most IM2COL_WORDS unfolded words."""
     def conv(a, b):
@@ -115,11 +185,7 @@ def _conv2d_cpu_sliced(x, w, stride, padding, dilation, groups):
         return conv(x, w)
     n = x.shape[0]
     kh, kw = w.shape[-2:]
-    sh, sw = (stride, stride) if isinstance(stride, int) else stride
-    ph, pw = (padding, padding) if isinstance(padding, int) else padding
-    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
-    oh = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    oh, ow = _out_hw(x, w, stride, padding, dilation)
     per_channel = max(kh * kw * oh * ow, 1)
     per_sample = per_channel * (x.shape[1] // groups)
     if n * per_sample <= IM2COL_WORDS:
@@ -135,11 +201,28 @@ def _conv2d_cpu_sliced(x, w, stride, padding, dilation, groups):
     return out
 
 
+def _cpu_conv2d(x, w, stride, padding, dilation, groups):
+    """F.conv2d over Z_2^64 on the CPU: torch's int64 convolution (in slices) or, for a large one with few enough
+    terms per output, the digit product when it was faster for this shape."""
+    inner = w.shape[1] * w.shape[2] * w.shape[3]
+
+    def int64_path():
+        return _conv2d_cpu_sliced(x, w, stride, padding, dilation, groups)
+    if x.dim() != 4 or isinstance(padding, str) or inner > DIGIT_MAX_TERMS:
+        return int64_path()
+    oh, ow = _out_hw(x, w, stride, padding, dilation)
+    n_out = x.shape[0] * w.shape[0] * oh * ow
+    return _autotuned(("conv2d", tuple(x.shape), tuple(w.shape), stride, padding, dilation, groups), n_out * inner,
+                      8 * (3 * (x.numel() + w.numel()) + 3 * n_out),
+                      int64_path, lambda: _digit_product(x, w, lambda a, b: F.conv2d(
+                          a, b, None, stride, padding, dilation, groups), inner))
+
+
 def conv2d(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation=1, groups: int = 1,
            force_limbs: bool = False) -> torch.Tensor:
     """F.conv2d over Z_2^64 (no bias). On the limb path the 10 pairs run as one grouped convolution."""
     if not use_limbs(x, w, force=force_limbs):
-        return _conv2d_cpu_sliced(x, w, stride, padding, dilation, groups)
+        return _cpu_conv2d(x, w, stride, padding, dilation, groups)
     _check_inner(w.shape[1] * w.shape[2] * w.shape[3], "conv2d")
     unbatched = x.dim() == 3
     if unbatched:

@@ -132,17 +132,66 @@ def test_cpu_autotune_times_both_paths_once_per_shape_and_stays_exact(monkeypatc
     exact path kept for its shape and layout; smaller or batched products always take torch's int64 GEMM."""
     monkeypatch.setattr(gemm, "_LIMBS_FASTER", {})
     calls = []
-    real = gemm._limb_matmul
-    monkeypatch.setattr(gemm, "_limb_matmul", lambda a, b: calls.append(a.shape) or real(a, b))
+    real = gemm._float_matmul
+    monkeypatch.setattr(gemm, "_float_matmul", lambda a, b: calls.append(a.shape) or real(a, b))
     a, b = _rand(64, 256, seed=1), _rand(256, 300, seed=2)   # 4.9 M multiply-adds
     want = torch.matmul(a, b)
     assert torch.equal(gemm.matmul(a, b), want) and len(calls) == 1    # timed: both paths ran
-    key = (64, 256, 300, a.stride(), b.stride())
+    key = ("matmul", 64, 256, 300, a.stride(), b.stride())
     assert list(gemm._LIMBS_FASTER) == [key]
     for _ in range(2):
         assert torch.equal(gemm.matmul(a, b), want)
     assert len(calls) == 1 + 2 * gemm._LIMBS_FASTER[key]                 # later calls: the kept path only
     monkeypatch.setitem(gemm._LIMBS_FASTER, key, True)                   # either choice gives the same ring value
     assert torch.equal(gemm.matmul(a, b), want)
-    small = _rand(8, 16, seed=3)
+    small = _rand(30, 16, seed=3)
     assert torch.equal(gemm.matmul(small, small.t()), small @ small.t()) and len(gemm._LIMBS_FASTER) == 1
+
+
+# extreme digits: d0 = -2^21 (products 2^42), and d0 = d1 = -2^21 / d0 = d1 = 2^21 - 1 (cross terms at their largest)
+EXTREME = [-(2 ** 21), -(2 ** 21) - 2 ** 43, (2 ** 21 - 1) + ((2 ** 21 - 1) << 22)]
+
+
+@pytest.mark.parametrize("v", EXTREME)
+def test_digit_product_exact_at_its_term_bound(v):
+    """At DIGIT_MAX_TERMS (2^11) terms of 2^42 a float64 sum reaches 2^53, still exact; the shifts with several digit
+    pairs are cast one by one there. Full-range random operands exercise every wrap-around."""
+    k = gemm.DIGIT_MAX_TERMS
+    a, b = torch.full((5, k), v), torch.full((k, 3), v)
+    assert torch.equal(gemm._digit_product(a, b, torch.matmul, k), a @ b)
+    a, b = _rand(9, k, seed=4), _rand(k, 7, seed=5)
+    assert torch.equal(gemm._digit_product(a, b, torch.matmul, k), a @ b)
+    with pytest.raises(ValueError, match="not exact"):
+        gemm._digit_product(a, b, torch.matmul, k + 1)
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding,groups", [((3, 4, 11, 9), (6, 4, 3, 3), 1, 1, 1),
+                                                          ((2, 6, 10, 10), (6, 3, 5, 5), 2, 0, 2),
+                                                          ((4, 1, 28, 28), (20, 1, 5, 5), 1, 0, 1)])
+def test_digit_conv_equals_int64_conv(xs, ws, stride, padding, groups):
+    x, w = _rand(*xs, seed=6), _rand(*ws, seed=7)
+    want = F.conv2d(x, w, None, stride, padding, 1, groups)
+    inner = ws[1] * ws[2] * ws[3]
+    got = gemm._digit_product(x, w, lambda a, b: F.conv2d(a, b, None, stride, padding, 1, groups), inner)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("n,k,m", [(1, 800, 50), (16, 9, 40), (40, 9, 16), (3, 5, 2)])
+def test_few_rows_or_columns_run_as_gemv_exactly(n, k, m):
+    a, b = _rand(n, k, seed=8), _rand(k, m, seed=9)
+    assert torch.equal(gemm.matmul(a, b), a @ b)
+    wt = _rand(m, k, seed=10).t()  # a linear layer's weight, transposed view
+    assert torch.equal(gemm.matmul(a, wt), a @ wt)
+
+
+def test_cpu_conv_autotune_keeps_one_choice_per_shape_and_stays_exact(monkeypatch):
+    monkeypatch.setattr(gemm, "_LIMBS_FASTER", {})
+    x, w = _rand(16, 8, 12, 12, seed=11), _rand(16, 8, 3, 3, seed=12)  # 16 x 16 x 100 outputs x 72 = 1.8 M
+    monkeypatch.setattr(gemm, "AUTOTUNE_MIN_MACS", 1 << 20)
+    want = F.conv2d(x, w, None, 1, 0)
+    for _ in range(3):
+        assert torch.equal(gemm.conv2d(x, w), want)
+    assert list(gemm._LIMBS_FASTER) == [("conv2d", tuple(x.shape), tuple(w.shape), 1, 0, 1, 1)]
+    big = _rand(16, 8, 3, 3, seed=13).repeat(1, 32, 1, 1)  # 2304 terms per output: int64 only
+    assert torch.equal(gemm.conv2d(x.repeat(1, 32, 1, 1), big), F.conv2d(x.repeat(1, 32, 1, 1), big))
+    assert len(gemm._LIMBS_FASTER) == 1
