@@ -20,7 +20,7 @@ def _both_forms(party, x, sender, bits):
     for enabled in (True, False):
         bitsliced.ENABLED = enabled
         try:
-            assert bitsliced.applies(a, sender) == enabled
+            assert bitsliced.applies(a) == enabled
             with party.comm.cost() as c:
                 m = C.msb(a, party=party, sender=sender, bits=bits)
         finally:
@@ -34,9 +34,13 @@ def _signed(x, bits):
     return ((x >> (bits - 1)) & 1).long() if bits < 64 else (x < 0).long()
 
 
-@pytest.mark.parametrize("sender,bits", [(None, 64), (None, 48), (1, 48), (2, 64), (None, 2)])
-def test_rows_match_the_word_form_bit_for_bit_and_byte_for_byte(parties, sender, bits):
-    x = _values(2000, 11)[:1992].view(83, 24)  # 1992 = 3 x 664: balanced chunks of whole bytes
+@pytest.mark.parametrize("n,sender,bits", [(1992, None, 64), (1992, None, 48), (1992, 1, 48), (1992, 2, 64),
+                                           (1992, None, 2), (1993, None, 48), (500, None, 64), (13, 0, 48),
+                                           (7, None, 64), (1, None, 48)])
+def test_rows_match_the_word_form_bit_for_bit_and_byte_for_byte(parties, n, sender, bits):
+    """1992 = 3 x 664: balanced chunks of whole bytes; the other sizes leave chunks (or the whole) padded in the
+    rows, whose messages then carry the valid bits only."""
+    x = _values(2000, 11)[:n]
     if bits < 64:
         x = x.remainder(2 ** bits) - 2 ** (bits - 1)  # in the range of a bits-bit signed integer
     res = parties.run(_both_forms, x, sender, bits)

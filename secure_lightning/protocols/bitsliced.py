@@ -10,9 +10,10 @@ endian within a byte, exactly the position-major layout of binary.encode_message
 The bytes sent are identical to the word form's, field by field, and so are the rounds; only the local work and the
 layout of the PRG draws differ (both members of a pair draw the same amounts in the same order, as ever).
 
-It needs whole bytes per row: a CPU tensor whose split chunks all hold a multiple of 8 elements (`applies`); other
-shapes (and GPU tensors) stay on the word form, whose bytes are the same. `ENABLED = False` keeps every call on the
-word form (to compare the two).
+A chunk of elements that does not fill whole bytes is padded to a multiple of 8 in the rows (`Layout`); the pad bits
+never travel: such a message carries the valid bits of each row, row after row, packed together, which is again
+exactly the word form's stream. GPU tensors stay on the word form (`applies`); `ENABLED = False` keeps every call on
+it (to compare the two).
 """
 from __future__ import annotations
 
@@ -38,24 +39,52 @@ class Rows(NamedTuple):
         return Rows(self.cur[index], self.prev[index])
 
 
-def applies(x: Shares, sender: int | None) -> bool:
-    """Whether msb on x may run on rows: CPU, and every chunk of the split (one, or three balanced) a multiple of 8."""
-    n = x.cur.numel()
-    if not ENABLED or x.cur.device.type != "cpu" or n == 0:
-        return False
-    sizes = [n] if sender is not None else [hi - lo for _, lo, hi in B.balanced_bounds(n)]
-    return all(m % 8 == 0 for m in sizes)
+class Layout(NamedTuple):
+    """The columns of a row block, `nbytes` a row: chunks of elements side by side, each padded to whole bytes.
+    `full`: the byte columns all of whose bits hold elements (None: every column); `tails`: (column, bits) of the
+    partly filled last byte of each chunk that has one; `valid`: the bit slots of the elements, in order (None: all)."""
+    nbytes: int
+    full: torch.Tensor | None = None
+    tails: tuple = ()
+    valid: np.ndarray | None = None
+
+    @property
+    def nbits(self) -> int:
+        return 8 * (self.nbytes if self.full is None else len(self.full)) + sum(b for _, b in self.tails)
+
+
+def layout_of(sizes: list[int]) -> tuple[list[Layout], Layout]:
+    """Chunks of `sizes` elements side by side, each padded to whole bytes: their layouts and the whole one's."""
+    def one(m):
+        return Layout(m // 8) if m % 8 == 0 else \
+            Layout(m // 8 + 1, torch.arange(m // 8), ((m // 8, m % 8),), np.arange(m))
+    chunks = [one(m) for m in sizes]
+    if all(c.full is None for c in chunks):
+        return chunks, Layout(sum(c.nbytes for c in chunks))
+    offs = np.cumsum([0] + [c.nbytes for c in chunks[:-1]])
+    return chunks, Layout(sum(c.nbytes for c in chunks),
+                          torch.cat([o + torch.arange(m // 8) for o, m in zip(offs.tolist(), sizes)]),
+                          tuple((int(o) + m // 8, m % 8) for o, m in zip(offs, sizes) if m % 8),
+                          np.concatenate([8 * o + np.arange(m) for o, m in zip(offs, sizes)]))
+
+
+def applies(x: Shares) -> bool:
+    """Whether msb on x runs on rows: a non-empty CPU tensor (and ENABLED)."""
+    return ENABLED and x.cur.device.type == "cpu" and x.cur.numel() > 0
 
 
 def rows_of(words: torch.Tensor, lo: int, hi: int = 64) -> torch.Tensor:
-    """Bits lo..hi-1 of int64 words (n a multiple of 8) as rows: uint8 [hi - lo, n / 8]. Local."""
-    n = words.numel()
-    return bitpack.pack_words(words.reshape(-1), list(range(lo, hi))).view(hi - lo, n // 8)
+    """Bits lo..hi-1 of int64 words as rows: uint8 [hi - lo, ceil(n / 8)] (pad bits zero). Local."""
+    flat = words.reshape(-1)
+    if flat.numel() % 8:
+        flat = torch.cat([flat, flat.new_zeros(8 - flat.numel() % 8)])
+    return bitpack.pack_words(flat, list(range(lo, hi))).view(hi - lo, flat.numel() // 8)
 
 
-def words_of_row(row: torch.Tensor, n: int) -> torch.Tensor:
-    """One row (uint8 [n / 8]) as int64 0/1 words (the bit at bit 0). Local."""
-    return torch.from_numpy(np.unpackbits(row.contiguous().numpy(), count=n, bitorder="little").astype(np.int64))
+def words_of_row(row: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """One row's elements as int64 0/1 words (the bit at bit 0). Local."""
+    bits = np.unpackbits(row.contiguous().numpy(), bitorder="little")
+    return torch.from_numpy((bits if lay.valid is None else bits[lay.valid]).astype(np.int64))
 
 
 def draw(prg, rows: int, nbytes: int) -> torch.Tensor:
@@ -66,25 +95,63 @@ def draw(prg, rows: int, nbytes: int) -> torch.Tensor:
     return torch.from_numpy(buf if buf.flags.writeable else buf.copy()).view(rows, nbytes)
 
 
-def exchange_rows(sends: dict, recvs: dict, *, party) -> dict:
-    """One round: sends[peer] = [uint8 row blocks], recvs[peer] = [(rows, bytes a row)]; the blocks to one peer
-    travel as one message (their bytes in order). Cost: 1 round; the bytes of the blocks."""
-    msgs = {peer: torch.cat([b.reshape(-1) for b in blocks]) for peer, blocks in sends.items() if blocks}
-    specs = {peer: ((sum(r * w for r, w in s),), torch.uint8) for peer, s in recvs.items() if s}
-    got = party.comm.round(msgs, specs)
-    out = {}
-    for peer, s in recvs.items():
-        off, parts = 0, []
-        for r, w in s:
-            parts.append(got[peer][off:off + r * w].view(r, w))
-            off += r * w
-        out[peer] = parts
+def _encode(blocks: list) -> torch.Tensor:
+    """Blocks (rows, Layout) -> one message: the whole bytes of every block, then the valid bits of all the partly
+    filled bytes packed together. For n elements a row that is k n / 8 bytes rounded up once, as the word form's
+    stream (binary.encode_message)."""
+    whole = [(b if lay.full is None else b[:, lay.full]).reshape(-1) for b, lay in blocks]
+    tails = [_tail_bits(b, lay).reshape(-1) for b, lay in blocks if lay.tails]
+    if tails:
+        whole.append(torch.from_numpy(np.packbits(np.concatenate(tails), bitorder="little")))
+    return torch.cat(whole) if len(whole) > 1 else whole[0]
+
+
+def _tail_bits(block: torch.Tensor, lay: Layout) -> np.ndarray:
+    """uint8 0/1 [rows, sum of tail bits]: the valid bits of each row's partly filled bytes."""
+    cols = block[:, [c for c, _ in lay.tails]].numpy()
+    bits = np.unpackbits(cols[..., None], axis=-1, bitorder="little")
+    return np.concatenate([bits[:, t, :b] for t, (_, b) in enumerate(lay.tails)], axis=1)
+
+
+def _decode(buf: torch.Tensor, specs: list) -> list[torch.Tensor]:
+    """Inverse of _encode for specs (rows, Layout): row blocks, pad bits zero."""
+    out, off = [], 0
+    for r, lay in specs:
+        if lay.full is None:
+            out.append(buf[off:off + r * lay.nbytes].view(r, lay.nbytes))
+            off += r * lay.nbytes
+            continue
+        blk = torch.zeros(r, lay.nbytes, dtype=torch.uint8)
+        blk[:, lay.full] = buf[off:off + r * len(lay.full)].view(r, len(lay.full))
+        off += r * len(lay.full)
+        out.append(blk)
+    if any(lay.tails for _, lay in specs):
+        bits, pos = np.unpackbits(buf[off:].numpy(), bitorder="little"), 0
+        for blk, (r, lay) in zip(out, specs):
+            k = sum(b for _, b in lay.tails)
+            if not k:
+                continue
+            chunk = bits[pos:pos + r * k].reshape(r, k)
+            pos += r * k
+            t = 0
+            for c, b in lay.tails:
+                blk[:, c] = torch.from_numpy(np.packbits(chunk[:, t:t + b], axis=1, bitorder="little")[:, 0])
+                t += b
     return out
 
 
-def and_rows(pairs, *, party) -> list[Rows]:
-    """Several ANDs of row blocks (x, y) in ONE round, as binary.and_many (ABY3 Sec. 5.1): z_i = x_i y_i ^ x_i y_{i-1}
-    ^ x_{i-1} y_i ^ alpha_i sent to P_{i+1}. Cost: 1 round; the bytes of the blocks (one bit per live bit)."""
+def exchange_rows(sends: dict, recvs: dict, *, party) -> dict:
+    """One round: sends[peer] = [(row block, Layout)], recvs[peer] = [(rows, Layout)]; the blocks to one peer travel
+    as one message (_encode). Cost: 1 round; ceil(valid bits / 8) bytes per message."""
+    msgs = {peer: _encode(blocks) for peer, blocks in sends.items() if blocks}
+    specs = {peer: ((-(-sum(r * lay.nbits for r, lay in s) // 8),), torch.uint8) for peer, s in recvs.items() if s}
+    got = party.comm.round(msgs, specs)
+    return {peer: _decode(got[peer], s) if s else [] for peer, s in recvs.items()}
+
+
+def and_rows(pairs, lay: Layout, *, party) -> list[Rows]:
+    """Several ANDs of row blocks (x, y) of layout `lay` in ONE round, as binary.and_many (ABY3 Sec. 5.1): z_i =
+    x_i y_i ^ x_i y_{i-1} ^ x_{i-1} y_i ^ alpha_i sent to P_{i+1}. Cost: 1 round; the valid bits, packed."""
     zs = []
     for x, y in pairs:
         z = x.cur & (y.cur ^ y.prev)
@@ -93,7 +160,8 @@ def and_rows(pairs, *, party) -> list[Rows]:
         z ^= draw(party.prg_prev, *z.shape)
         zs.append(z)
     with party.label("and"):
-        got = exchange_rows({party.next: zs}, {party.prev: [tuple(z.shape) for z in zs]}, party=party)[party.prev]
+        got = exchange_rows({party.next: [(z, lay) for z in zs]}, {party.prev: [(z.shape[0], lay) for z in zs]},
+                            party=party)[party.prev]
     return [Rows(z, g) for z, g in zip(zs, got)]
 
 
@@ -106,7 +174,7 @@ def _strided(mask: int, back: int = 0) -> slice:
     return slice(pos[0] - back, pos[-1] - back + 1, step)
 
 
-def group_generate(g: Rows, p: Rows, *, party, lo: int) -> None:
+def group_generate(g: Rows, p: Rows, lay: Layout, *, party, lo: int) -> None:
     """binary.group_generate on rows [64, n / 8] (g, p already shifted, bits below lo zero), in place: row 63 of g
     ends as the carry out. Same live bits per level, so the same rounds and bytes (6 rounds)."""
     with party.label("group_generate"):
@@ -116,18 +184,19 @@ def group_generate(g: Rows, p: Rows, *, party, lo: int) -> None:
             pairs = [(p[tg], g[_strided(gm, half)])]
             if pm:
                 pairs.append((p[tp], p[_strided(pm, half)]))
-            res = and_rows(pairs, party=party)
+            res = and_rows(pairs, lay, party=party)
             g.cur[tg] ^= res[0].cur
             g.prev[tg] ^= res[0].prev
             if pm:
                 p.cur[tp], p.prev[tp] = res[1].cur, res[1].prev
 
 
-def _split_part(x: Shares, sender: int, z: int, g_rows: Rows, p_rows: Rows, cols: slice, *, party) -> B.Part:
-    """convert._split_part on rows, for one chunk: the same messages (p rows z..63, g rows z..62), the results
-    written into g_rows / p_rows (shifted up one row: bit j at row j + 1) at columns `cols`."""
+def _split_part(x: Shares, sender: int, z: int, lay: Layout, g_rows: Rows, p_rows: Rows, cols: slice, *,
+                party) -> B.Part:
+    """convert._split_part on rows, for one chunk of layout `lay`: the same messages (p rows z..63, g rows z..62),
+    the results written into g_rows / p_rows (shifted up one row: bit j at row j + 1) at columns `cols`."""
     s, nx, pv = sender % 3, (sender + 1) % 3, (sender - 1) % 3
-    nb, lp, lg = x.cur.numel() // 8, 64 - z, 63 - z
+    nb, lp, lg = lay.nbytes, 64 - z, 63 - z
 
     def put(g: Rows, p: Rows):
         g_rows.cur[1 + z:64, cols], g_rows.prev[1 + z:64, cols] = g.cur, g.prev
@@ -139,7 +208,8 @@ def _split_part(x: Shares, sender: int, z: int, g_rows: Rows, p_rows: Rows, cols
         u_p, r0, w0 = draw(party.prg_prev, lp, nb), draw(party.prg_prev, lg, nb), draw(party.prg_prev, lg, nb)
         u_n = v ^ u_s ^ u_p
         a_n, a_p = v[:lg] ^ r0 ^ w0, v[:lg] ^ r1 ^ w1
-        return B.Part({nx: [u_n, a_n], pv: [u_n, a_p]}, {}, lambda got: put(Rows(r1, r0), Rows(u_s, u_p)))
+        return B.Part({nx: [(u_n, lay), (a_n, lay)], pv: [(u_n, lay), (a_p, lay)]}, {},
+                      lambda got: put(Rows(r1, r0), Rows(u_s, u_p)))
     is_n = party.rank == nx
     other = pv if is_n else nx
     prg_s = party.prg_prev if is_n else party.prg_next
@@ -153,23 +223,27 @@ def _split_part(x: Shares, sender: int, z: int, g_rows: Rows, p_rows: Rows, cols
         p_n = u_n ^ c
         put(Rows(g_n, r_mine), Rows(p_n, u_mine)) if is_n else put(Rows(r_mine, g_n), Rows(u_mine, p_n))
 
-    return B.Part({other: [h]}, {s: [(lp, nb), (lg, nb)], other: [(lg, nb)]}, finish)
+    return B.Part({other: [(h, lay)]}, {s: [(lp, lay), (lg, lay)], other: [(lg, lay)]}, finish)
 
 
 def msb(x: Shares, *, party, sender: int | None, bits: int) -> B.BinShares:
-    """convert.msb on rows (x already moved up by z = 64 - bits; `applies(x, sender)` must hold): the sign as bit 0
-    of int64 words. Cost: as convert.msb, 7 rounds and the same bytes."""
+    """convert.msb on rows (x already moved up by z = 64 - bits; `applies(x)` must hold): the sign as bit 0 of int64
+    words. Cost: as convert.msb, 7 rounds and the same bytes."""
     z = 64 - bits
     flat = x.map(lambda t: t.reshape(-1))
     n = flat.cur.numel()
-    # rows 0..64: row j + 1 holds bit j (the tree reads g, p shifted up one bit: rows 0..63); row 64 = bit 63 of p
-    g = Rows(*(torch.zeros(65, n // 8, dtype=torch.uint8) for _ in range(2)))
-    p = Rows(*(torch.zeros(65, n // 8, dtype=torch.uint8) for _ in range(2)))
     bounds = [(sender, 0, n)] if sender is not None else B.balanced_bounds(n)
+    chunks, lay = layout_of([hi - lo for _, lo, hi in bounds])
+    # rows 0..64: row j + 1 holds bit j (the tree reads g, p shifted up one bit: rows 0..63); row 64 = bit 63 of p
+    g = Rows(*(torch.zeros(65, lay.nbytes, dtype=torch.uint8) for _ in range(2)))
+    p = Rows(*(torch.zeros(65, lay.nbytes, dtype=torch.uint8) for _ in range(2)))
+    parts, col = [], 0
+    for (j, lo, hi), c in zip(bounds, chunks):
+        parts.append(_split_part(flat.map(lambda t: t[lo:hi]), j, z, c, g, p, slice(col, col + c.nbytes),
+                                 party=party))
+        col += c.nbytes
     with party.label("split"):
-        parts = [_split_part(flat.map(lambda t: t[lo:hi]), j, z, g, p, slice(lo // 8, hi // 8), party=party)
-                 for j, lo, hi in bounds]
         B.run_parts(parts, party=party, exchange=exchange_rows)
-    group_generate(g[:64], p[:64], party=party, lo=z)  # leaves row 64 of p as it was
+    group_generate(g[:64], p[:64], lay, party=party, lo=z)  # leaves row 64 of p as it was
     sign = Rows(g.cur[63] ^ p.cur[64], g.prev[63] ^ p.prev[64])
-    return B.BinShares(words_of_row(sign.cur, n).view(x.shape), words_of_row(sign.prev, n).view(x.shape))
+    return B.BinShares(words_of_row(sign.cur, lay).view(x.shape), words_of_row(sign.prev, lay).view(x.shape))

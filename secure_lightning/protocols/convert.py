@@ -163,7 +163,7 @@ def msb(x: Shares, *, party, sender: int | None = None, bits: int = 64) -> BinSh
     with party.label("msb"):
         if z:
             x = x.map(lambda t: t << z)
-        if bitsliced.applies(x, sender):
+        if bitsliced.applies(x):
             return bitsliced.msb(x, party=party, sender=sender, bits=bits)
         g, p = split_generate_propagate(x, B.mask_range(z, 64), B.mask_range(z, 63), party=party, sender=sender)
         top = B.group_generate(B.lshift(g, 1), B.lshift(p, 1), party=party, lo=z)
