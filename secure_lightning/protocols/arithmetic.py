@@ -87,9 +87,13 @@ def truncate(x: Shares, d: int | None = None, *, party) -> Shares:
 # Products
 
 def product_additive(x: Shares, y: Shares, op=torch.mul) -> torch.Tensor:
-    """Local additive (3-out-of-3) shares of op(x, y) for a bilinear op: op(x_i, y_i + y_{i-1}) + op(x_{i-1}, y_i).
-    Cost: 0 (local); reshare or truncate_additive makes them replicated again."""
-    return op(x.cur, y.cur + y.prev) + op(x.prev, y.cur)
+    """Local additive (3-out-of-3) shares of op(x, y) for a bilinear op: op(x_i, y_i + y_{i-1}) + op(x_{i-1}, y_i),
+    or op(x_i + x_{i-1}, y_i) + op(x_i, y_{i-1}) when x is the smaller operand (the sum of shares is then taken over
+    fewer elements: a batch-1 input rather than a 400k-element weight). The choice depends on shapes only, so all
+    three parties make the same one. Cost: 0 (local); reshare or truncate_additive makes them replicated again."""
+    if y.cur.numel() <= x.cur.numel():
+        return op(x.cur, y.cur + y.prev) + op(x.prev, y.cur)
+    return op(x.cur + x.prev, y.cur) + op(x.cur, y.prev)
 
 
 def square_additive(x: Shares) -> torch.Tensor:
