@@ -73,10 +73,14 @@ DIGIT_MAX_TERMS = 1 << 11
 def _digits(x: torch.Tensor) -> list[torch.Tensor]:
     """The three signed 22-bit digits of int64 x as float64 (wrapping arithmetic: exact mod 2^64)."""
     half, mask = 1 << (DIGIT_BITS - 1), (1 << DIGIT_BITS) - 1
-    d0 = ((x + half) & mask) - half
-    r = (x - d0) >> DIGIT_BITS
-    d1 = ((r + half) & mask) - half
-    return [d0.double(), d1.double(), ((r - d1) >> DIGIT_BITS).double()]
+    out = []
+    r = x
+    for _ in range(2):  # d = ((r + half) & mask) - half; r = (r - d) >> 22 (exact: r - d is a multiple of 2^22)
+        d = r + half
+        d.bitwise_and_(mask).sub_(half)
+        out.append(d.double())
+        r = torch.bitwise_right_shift(r - d, DIGIT_BITS)
+    return out + [r.double()]
 
 
 def _digit_product(a: torch.Tensor, b: torch.Tensor, op, inner: int) -> torch.Tensor:

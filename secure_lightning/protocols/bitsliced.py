@@ -7,12 +7,12 @@ endian within a byte, exactly the position-major layout of binary.encode_message
   * a message is the concatenation of its rows: no packing or unpacking at all;
   * an AND touches, and the pair PRGs draw, only the live rows: level k of the carry tree works on about n / 2^k
     bits a share instead of 64 n.
-The bytes sent are identical to the word form's, field by field, and so are the rounds; only the local work and the
-layout of the PRG draws differ (both members of a pair draw the same amounts in the same order, as ever).
+Every message has as many bytes as the word form's, and the rounds are the same; only the local work and the layout
+of the PRG draws differ (both members of a pair draw the same amounts in the same order, as ever).
 
 A chunk of elements that does not fill whole bytes is padded to a multiple of 8 in the rows (`Layout`); the pad bits
-never travel: such a message carries the valid bits of each row, row after row, packed together, which is again
-exactly the word form's stream. GPU tensors stay on the word form (`applies`); `ENABLED = False` keeps every call on
+never travel: such a message carries the whole bytes of its rows, then the valid bits of their partly filled bytes
+packed together, ceil(valid bits / 8) bytes as the word form's stream. GPU tensors stay on the word form (`applies`); `ENABLED = False` keeps every call on
 it (to compare the two).
 """
 from __future__ import annotations
@@ -35,7 +35,8 @@ class Rows(NamedTuple):
     cur: torch.Tensor
     prev: torch.Tensor
 
-    def __getitem__(self, index) -> "Rows":  # type: ignore[override]
+    def at(self, index) -> "Rows":
+        """The rows `index` (a slice: views) of both shares."""
         return Rows(self.cur[index], self.prev[index])
 
 
@@ -181,9 +182,9 @@ def group_generate(g: Rows, p: Rows, lay: Layout, *, party, lo: int) -> None:
         for k, (gm, pm) in enumerate(B.group_generate_live(lo), start=1):
             half = 1 << (k - 1)
             tg, tp = _strided(gm), _strided(pm)
-            pairs = [(p[tg], g[_strided(gm, half)])]
+            pairs = [(p.at(tg), g.at(_strided(gm, half)))]
             if pm:
-                pairs.append((p[tp], p[_strided(pm, half)]))
+                pairs.append((p.at(tp), p.at(_strided(pm, half))))
             res = and_rows(pairs, lay, party=party)
             g.cur[tg] ^= res[0].cur
             g.prev[tg] ^= res[0].prev
@@ -244,6 +245,6 @@ def msb(x: Shares, *, party, sender: int | None, bits: int) -> B.BinShares:
         col += c.nbytes
     with party.label("split"):
         B.run_parts(parts, party=party, exchange=exchange_rows)
-    group_generate(g[:64], p[:64], lay, party=party, lo=z)  # leaves row 64 of p as it was
+    group_generate(g.at(slice(0, 64)), p.at(slice(0, 64)), lay, party=party, lo=z)  # leaves row 64 of p as it was
     sign = Rows(g.cur[63] ^ p.cur[64], g.prev[63] ^ p.prev[64])
     return B.BinShares(words_of_row(sign.cur, lay).view(x.shape), words_of_row(sign.prev, lay).view(x.shape))
