@@ -6,7 +6,9 @@
 Tasks (`TASKS`): LeNet (benchmarks/lenet_cost.py: conv5 1->20, ReLU, pool 2, conv5 20->50, ReLU, pool 2, FC 800->500,
 ReLU, FC 500->10) with average or max pooling, on random 1x28x28 inputs: inference at batch 1 and 64, one training
 step (cross-entropy against one-hot labels, one SGD step, lr 0.01) at batch 64; and a 1000x1000 secret x secret
-matrix product. Party 0 shares the weights before the clock starts.
+matrix product. Party 0 shares the weights before the clock starts. Only by name (`--tasks`): resnet50-train (batch 64, or --size),
+one training step of the app's ResNet-50 (models/nets.py, SGD momentum 0.9, weight decay 1e-4) on 1x8x8 inputs,
+for a side-by-side with an older commit (the momentum buffers exist from the warm-up step on).
 
 What is timed, in each of the three parties, after a barrier. LeNet: sharing the input from party 0 (and the one-hot
 labels for training), the run (forward under no_grad; or forward, loss, backward and the SGD step), and opening the
@@ -60,6 +62,8 @@ TASKS = {
     "lenet-avg-train-b64": ("lenet", "avg", True, 64),
     "lenet-max-train-b64": ("lenet", "max", True, 64),
     "matmul-1000": ("matmul", None, False, 1000),
+    # not a peers' task (no peer figure; run it by name): one step of the app's `model=resnet50` on 8x8 inputs
+    "resnet50-train": ("resnet50", None, True, 64),
 }
 # The comparison table of the issue: best peer (seconds, bytes total) and our figures at 67a368b (s, bytes, rounds).
 PEERS = {"lenet-avg-inference-b1": (0.077, 2.59e6), "lenet-max-inference-b1": (0.205, 3.51e6),
@@ -117,12 +121,17 @@ def _task(party, name: str, size: int | None, warmup: int, check) -> dict:
             check()
             reveal_tensor(y, to=0)
     else:
-        net = build_lenet(pool)
+        if kind == "resnet50":  # conf/model/resnet50.yaml's SGD, lr 0.01 as benchmarks/resnet_profile.py
+            from models.nets import resnet50
+            net, side = resnet50(num_classes=10, in_channels=1), 8
+            opt_args = {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4}
+        else:
+            net, side, opt_args = build_lenet(pool), 28, {"lr": 0.01}
         secure_module(net, party, owner=0)
         net.train(train)
-        x = torch.rand(n, 1, 28, 28, generator=g)
+        x = torch.rand(n, 1, side, side, generator=g)
         y = F.one_hot(torch.randint(0, 10, (n,), generator=g), 10).float()
-        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        opt = torch.optim.SGD(net.parameters(), **opt_args)
 
         def run():
             xs = share_tensor(x if owner else None, 0, party)
@@ -302,6 +311,10 @@ def peer_table(rows: dict) -> list[str]:
     lines = ["| task | peer time (s) | peer comm (MB) | ours time (s) | ours comm (MB) | rounds | peak RSS P0/P1/P2 "
              "(MiB) | time vs peer | comm vs peer |", "|" + "---|" * 9]
     for name, row in rows.items():
+        if name not in PEERS:
+            lines.append(f"| {name} | - | - | {_secs(row)} | {row['bytes_total'] / 1e6:.3f} | {row['rounds']} | "
+                         f"{_mib(row)} | - | - |")
+            continue
         pt, pb = PEERS[name]
         lines.append(f"| {name} | {pt:g} | {pb / 1e6:g} | {_secs(row)} | {row['bytes_total'] / 1e6:.3f} | "
                      f"{row['rounds']} | {_mib(row)} | {_vs_peer(row['seconds'], pt)} | "
@@ -370,7 +383,7 @@ def main(argv=None) -> dict:
             result["meta"]["note"] = args.note
         src.with_suffix(".md").write_text(markdown(result))
         return result
-    names = args.tasks.split(",") if args.tasks else list(TASKS)
+    names = args.tasks.split(",") if args.tasks else list(PEERS)
     if unknown := [n for n in names if n not in TASKS]:
         raise SystemExit(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
     if args.repeats < 1 or args.warmup < 0:

@@ -218,3 +218,14 @@ def test_peers_old_side_imports_the_older_package():
             assert side.package == str(root / "secure_lightning")
         finally:
             side.close()
+
+
+def test_peer_table_lists_a_task_without_peer_figures():
+    """resnet50-train (run by name for side-by-sides) has no peer figure: its row shows ours and dashes."""
+    from benchmarks import peers
+    row = {"seconds": 98.0, "seconds_repeats": [98.0], "bytes_total": 2.5e9, "rounds": 4157,
+           "peak_rss_mib_per_party": [5310, 5200, 5190]}
+    lines = peers.peer_table({"resnet50-train": row, "matmul-1000": row})
+    assert lines[2] == "| resnet50-train | - | - | 98 | 2500.000 | 4157 | 5310/5200/5190 | - | - |"
+    assert lines[3].startswith("| matmul-1000 | 0.98 | 52 | 98 |") and lines[3].endswith("over |")
+    assert "resnet50-train" in peers.TASKS and "resnet50-train" not in peers.PEERS
