@@ -1,7 +1,8 @@
 """Exact int64 (mod 2^64) matmul and conv2d.
 
-On the CPU torch's own int64 kernels are exact; large 2-D products also try the limb path below once per shape and
-keep the faster (`_cpu_matmul`). On CUDA, where int64 GEMM/conv kernels do not exist, each operand is
+On the CPU torch's own int64 kernels are exact; a product with at most SMALL rows or columns runs as int64
+matrix-vector products, and large 2-D products and convolutions also try an exact float64 path (signed 22-bit digits,
+`_digit_product`) once per shape and keep the faster (`_autotuned`). On CUDA, where int64 GEMM/conv kernels do not exist, each operand is
 split into four unsigned 16-bit limbs held in float64; only the 10 limb pairs (i, j) with i + j < 4 contribute
 modulo 2^64. All 10 products run as one batched matmul (or one grouped conv), are cast back to int64, shifted by
 16(i + j) and summed. A limb product is < 2^32, so a dot product is exact in float64's 53-bit mantissa while the
@@ -61,7 +62,7 @@ def use_limbs(*ts: torch.Tensor, force: bool = False) -> bool:
 AUTOTUNE_MIN_MACS = 1 << 22
 AUTOTUNE_MAX_BYTES = 256 << 20  # the float paths' buffers: a few float64 copies per operand word and output
 SMALL = 16  # a matmul with at most this many rows (or columns) runs as matrix-vector products (int64 gemv)
-_LIMBS_FASTER: dict = {}
+_FLOAT_FASTER: dict = {}
 
 # Signed 22-bit digits: x = d0 + d1 2^22 + d2 2^44 (mod 2^64) with |d0|, |d1| <= 2^21 and |d2| <= 2^19, so a digit
 # product is at most 2^42 and a sum of up to 2^11 of them is an exact float64 integer (<= 2^53). Only the 6 digit
@@ -123,13 +124,13 @@ def _autotuned(key, macs: int, nbytes: int, int64_path, float_path) -> torch.Ten
     int64 for products too small (macs) or too large (nbytes of float buffers) to be worth timing."""
     if macs < AUTOTUNE_MIN_MACS or nbytes > AUTOTUNE_MAX_BYTES:
         return int64_path()
-    faster = _LIMBS_FASTER.get(key)
+    faster = _FLOAT_FASTER.get(key)
     if faster is None:
         t0 = time.perf_counter()
         out = int64_path()
         t1 = time.perf_counter()
         float_path()
-        _LIMBS_FASTER[key] = time.perf_counter() - t1 < t1 - t0
+        _FLOAT_FASTER[key] = time.perf_counter() - t1 < t1 - t0
         return out
     return float_path() if faster else int64_path()
 
@@ -140,7 +141,7 @@ def _cpu_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.dim() != 2 or b.dim() != 2:
         return torch.matmul(a, b)
     (n, k), m = a.shape, b.shape[1]
-    if min(n, m) <= SMALL:
+    if 0 < min(n, m) <= SMALL:
         return _by_vectors(a, b)
     if k >= MAX_INNER:
         return torch.matmul(a, b)

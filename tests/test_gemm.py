@@ -130,7 +130,7 @@ def test_secure_matmul_conv_force_limbs_equal_default(parties):
 def test_cpu_autotune_times_both_paths_once_per_shape_and_stays_exact(monkeypatch):
     """A 2-D product of at least AUTOTUNE_MIN_MACS multiply-adds is timed both ways on its first call and the faster
     exact path kept for its shape and layout; smaller or batched products always take torch's int64 GEMM."""
-    monkeypatch.setattr(gemm, "_LIMBS_FASTER", {})
+    monkeypatch.setattr(gemm, "_FLOAT_FASTER", {})
     calls = []
     real = gemm._float_matmul
     monkeypatch.setattr(gemm, "_float_matmul", lambda a, b: calls.append(a.shape) or real(a, b))
@@ -138,14 +138,14 @@ def test_cpu_autotune_times_both_paths_once_per_shape_and_stays_exact(monkeypatc
     want = torch.matmul(a, b)
     assert torch.equal(gemm.matmul(a, b), want) and len(calls) == 1    # timed: both paths ran
     key = ("matmul", 64, 256, 300, a.stride(), b.stride())
-    assert list(gemm._LIMBS_FASTER) == [key]
+    assert list(gemm._FLOAT_FASTER) == [key]
     for _ in range(2):
         assert torch.equal(gemm.matmul(a, b), want)
-    assert len(calls) == 1 + 2 * gemm._LIMBS_FASTER[key]                 # later calls: the kept path only
-    monkeypatch.setitem(gemm._LIMBS_FASTER, key, True)                   # either choice gives the same ring value
+    assert len(calls) == 1 + 2 * gemm._FLOAT_FASTER[key]                 # later calls: the kept path only
+    monkeypatch.setitem(gemm._FLOAT_FASTER, key, True)                   # either choice gives the same ring value
     assert torch.equal(gemm.matmul(a, b), want)
     small = _rand(30, 16, seed=3)
-    assert torch.equal(gemm.matmul(small, small.t()), small @ small.t()) and len(gemm._LIMBS_FASTER) == 1
+    assert torch.equal(gemm.matmul(small, small.t()), small @ small.t()) and len(gemm._FLOAT_FASTER) == 1
 
 
 # extreme digits: d0 = -2^21 (products 2^42), and d0 = d1 = -2^21 / d0 = d1 = 2^21 - 1 (cross terms at their largest)
@@ -176,7 +176,7 @@ def test_digit_conv_equals_int64_conv(xs, ws, stride, padding, groups):
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("n,k,m", [(1, 800, 50), (16, 9, 40), (40, 9, 16), (3, 5, 2)])
+@pytest.mark.parametrize("n,k,m", [(1, 800, 50), (16, 9, 40), (40, 9, 16), (3, 5, 2), (0, 4, 3), (5, 4, 0)])
 def test_few_rows_or_columns_run_as_gemv_exactly(n, k, m):
     a, b = _rand(n, k, seed=8), _rand(k, m, seed=9)
     assert torch.equal(gemm.matmul(a, b), a @ b)
@@ -185,13 +185,13 @@ def test_few_rows_or_columns_run_as_gemv_exactly(n, k, m):
 
 
 def test_cpu_conv_autotune_keeps_one_choice_per_shape_and_stays_exact(monkeypatch):
-    monkeypatch.setattr(gemm, "_LIMBS_FASTER", {})
+    monkeypatch.setattr(gemm, "_FLOAT_FASTER", {})
     x, w = _rand(16, 8, 12, 12, seed=11), _rand(16, 8, 3, 3, seed=12)  # 16 x 16 x 100 outputs x 72 = 1.8 M
     monkeypatch.setattr(gemm, "AUTOTUNE_MIN_MACS", 1 << 20)
     want = F.conv2d(x, w, None, 1, 0)
     for _ in range(3):
         assert torch.equal(gemm.conv2d(x, w), want)
-    assert list(gemm._LIMBS_FASTER) == [("conv2d", tuple(x.shape), tuple(w.shape), 1, 0, 1, 1)]
+    assert list(gemm._FLOAT_FASTER) == [("conv2d", tuple(x.shape), tuple(w.shape), 1, 0, 1, 1)]
     big = _rand(16, 8, 3, 3, seed=13).repeat(1, 32, 1, 1)  # 2304 terms per output: int64 only
     assert torch.equal(gemm.conv2d(x.repeat(1, 32, 1, 1), big), F.conv2d(x.repeat(1, 32, 1, 1), big))
-    assert len(gemm._LIMBS_FASTER) == 1
+    assert len(gemm._FLOAT_FASTER) == 1
