@@ -120,8 +120,9 @@ def _by_vectors(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _autotuned(key, macs: int, nbytes: int, int64_path, float_path) -> torch.Tensor:
-    """The faster exact path for `key` (timed both ways on its first call, which returns the int64 result);
-    int64 for products too small (macs) or too large (nbytes of float buffers) to be worth timing."""
+    """The faster exact path for `key` (timed both ways on its first call, which returns the int64 result; the float
+    path is kept only if it was faster and gave the same ring value); int64 for products too small (macs) or too
+    large (nbytes of float buffers) to be worth timing."""
     if macs < AUTOTUNE_MIN_MACS or nbytes > AUTOTUNE_MAX_BYTES:
         return int64_path()
     faster = _FLOAT_FASTER.get(key)
@@ -129,8 +130,9 @@ def _autotuned(key, macs: int, nbytes: int, int64_path, float_path) -> torch.Ten
         t0 = time.perf_counter()
         out = int64_path()
         t1 = time.perf_counter()
-        float_path()
-        _FLOAT_FASTER[key] = time.perf_counter() - t1 < t1 - t0
+        alt = float_path()
+        # kept only if it also agrees with the int64 result here (a float kernel that is not exact never serves)
+        _FLOAT_FASTER[key] = time.perf_counter() - t1 < t1 - t0 and torch.equal(alt, out)
         return out
     return float_path() if faster else int64_path()
 

@@ -192,6 +192,11 @@ def test_cpu_conv_autotune_keeps_one_choice_per_shape_and_stays_exact(monkeypatc
     for _ in range(3):
         assert torch.equal(gemm.conv2d(x, w), want)
     assert list(gemm._FLOAT_FASTER) == [("conv2d", tuple(x.shape), tuple(w.shape), 1, 0, 1, 1)]
+    x2, want2 = x.repeat(2, 1, 1, 1), want.repeat(2, 1, 1, 1)
+    monkeypatch.setattr(gemm, "_digit_product", lambda *a, **k: want2 + 1)  # a float path that is off by one
+    assert torch.equal(gemm.conv2d(x2, w), want2)   # timed: faster or not, it disagrees with int64
+    assert gemm._FLOAT_FASTER[("conv2d", (32, 8, 12, 12), (16, 8, 3, 3), 1, 0, 1, 1)] is False
+    assert torch.equal(gemm.conv2d(x2, w), want2)   # and is never used
     big = _rand(16, 8, 3, 3, seed=13).repeat(1, 32, 1, 1)  # 2304 terms per output: int64 only
     assert torch.equal(gemm.conv2d(x.repeat(1, 32, 1, 1), big), F.conv2d(x.repeat(1, 32, 1, 1), big))
-    assert len(gemm._FLOAT_FASTER) == 1
+    assert len(gemm._FLOAT_FASTER) == 2

@@ -156,6 +156,8 @@ def msb(x: Shares, *, party, sender: int | None = None, bits: int = 64) -> BinSh
     Rounds 2-7 (tree): every party sum_k ceil(n b_k / 8), b = group_generate's live bits at lo = 64 - l:
     (63, 31, 15, 7, 3, 1) for l = 64, (47, 23, 11, 5, 2, 1) for l = 48. Per element, balanced: ~30.8 bytes each
     (l = 64), ~22.95 (l = 48).
+    On the CPU the split and the tree run on bit rows (bitsliced.msb: same messages' bytes and rounds, less local
+    work); GPU tensors (or bitsliced.ENABLED = False) take the word form below.
     """
     if not 2 <= bits <= 64:
         raise ValueError(f"msb: bits must be in [2, 64], got {bits}")
