@@ -6,9 +6,9 @@
 Tasks (`TASKS`): LeNet (benchmarks/lenet_cost.py: conv5 1->20, ReLU, pool 2, conv5 20->50, ReLU, pool 2, FC 800->500,
 ReLU, FC 500->10) with average or max pooling, on random 1x28x28 inputs: inference at batch 1 and 64, one training
 step (cross-entropy against one-hot labels, one SGD step, lr 0.01) at batch 64; and a 1000x1000 secret x secret
-matrix product. Party 0 shares the weights before the clock starts. Only by name (`--tasks`): resnet50-train (batch 64, or --size),
-one training step of the app's ResNet-50 (models/nets.py, SGD momentum 0.9, weight decay 1e-4) on 1x8x8 inputs,
-for a side-by-side with an older commit (the momentum buffers exist from the warm-up step on).
+matrix product. Party 0 shares the weights before the clock starts. Only by name (`--tasks`): resnet50-train
+(batch 64, or --size), one training step of the app's ResNet-50 (models/nets.py, SGD momentum 0.9, weight decay
+1e-4) on 1x8x8 inputs, for a side-by-side with an older commit (the momentum buffers exist from the warm-up step on).
 
 What is timed, in each of the three parties, after a barrier. LeNet: sharing the input from party 0 (and the one-hot
 labels for training), the run (forward under no_grad; or forward, loss, backward and the SGD step), and opening the
@@ -337,23 +337,28 @@ def vs_table(old: dict, new: dict) -> list[str]:
 def markdown(result: dict) -> str:
     meta, new = result["meta"], result["sides"]["new"]
     m = meta["machine"]
-    lines = ["# Three-party LeNet and matmul: ours beside the best peer", "",
+    peers = any(name in PEERS for name in new)
+    title = "# Three-party LeNet and matmul: ours beside the best peer" if peers else \
+        f"# {', '.join(new)}: this tree" + (f" beside {meta['vs']}" if meta.get("vs") else "")
+    lines = [title, "",
              f"Machine: {m['cpu']}, {m['cores_usable']} usable cores, {m['memory_gib']} GiB; torch {m['torch']}; "
              f"commit {m.get('git_commit')}; {meta['repeats']} repeats (+{meta['warmup']} warm-up) per task; "
              f"load average {meta['load_avg_start']} at the start, {meta['load_avg_end']} at the end.", "",
              "Timed: share the input (and labels) from party 0 + run + open the output to party 0 (or the loss to "
              "all; matmul: operands shared before the clock, product + opening), slowest party, median (min-max) "
              "over repeats; comm: bytes sent by the three parties together (MB = 10^6 B); rounds: "
-             "sequential exchanges; peak RSS: VmHWM of each party process during the timed run. Target: at or below "
-             "the best peer on time and comm (ratio ours/peer, `ok` when <= 1). Loopback, parties on 2 shared "
-             "cores.", ""] + peer_table(new)
+             "sequential exchanges; peak RSS: VmHWM of each party process during the timed run. "
+             + ("Target: at or below the best peer on time and comm (ratio ours/peer, `ok` when <= 1). " if peers
+                else "") + "Loopback, parties on 2 shared cores.", ""] + peer_table(new)
     if "old" in result["sides"]:
         old = result["sides"]["old"]
         lines += ["", f"## {meta['vs']} (old) vs this tree (new)", "",
                   f"Old package: `secure_lightning` of {meta['vs']}, same task code, its own processes; repeats "
                   "interleaved old/new. Ratios above 1: the new tree is faster / sends less.", ""] + vs_table(old, new)
-    lines += ["", "Issue figures at 67a368b (s / MB / rounds): " + "; ".join(
-        f"{k} {t:g} / {b / 1e6:g} / {r}" for k, (t, b, r) in ISSUE_67A368B.items()), ""]
+    if peers:
+        lines += ["", "Issue figures at 67a368b (s / MB / rounds): " + "; ".join(
+            f"{k} {t:g} / {b / 1e6:g} / {r}" for k, (t, b, r) in ISSUE_67A368B.items())]
+    lines += [""]
     if meta.get("note"):
         lines += [meta["note"], ""]
     return "\n".join(lines)
@@ -379,8 +384,9 @@ def main(argv=None) -> dict:
     if args.render:
         src = Path(args.render)
         result = json.loads(src.read_text())
-        if args.note:
+        if args.note:  # kept in the JSON too, so a later --render keeps it
             result["meta"]["note"] = args.note
+            src.write_text(json.dumps(result, indent=1))
         src.with_suffix(".md").write_text(markdown(result))
         return result
     names = args.tasks.split(",") if args.tasks else list(PEERS)

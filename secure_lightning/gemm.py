@@ -2,10 +2,10 @@
 
 On the CPU torch's own int64 kernels are exact; a product with at most SMALL rows or columns runs as int64
 matrix-vector products, and large 2-D products and convolutions also try an exact float64 path (signed 22-bit digits,
-`_digit_product`) once per shape and keep the faster (`_autotuned`). On CUDA, where int64 GEMM/conv kernels do not exist, each operand is
-split into four unsigned 16-bit limbs held in float64; only the 10 limb pairs (i, j) with i + j < 4 contribute
-modulo 2^64. All 10 products run as one batched matmul (or one grouped conv), are cast back to int64, shifted by
-16(i + j) and summed. A limb product is < 2^32, so a dot product is exact in float64's 53-bit mantissa while the
+`_digit_product`) once per shape and keep the faster (`_autotuned`). On CUDA, where int64 GEMM/conv kernels do not
+exist, each operand is split into four unsigned 16-bit limbs held in float64; only the 10 limb pairs (i, j) with
+i + j < 4 contribute modulo 2^64. All 10 products run as one batched matmul (or one grouped conv), are cast back to
+int64, shifted by 16(i + j) and summed. A limb product is < 2^32, so a dot product is exact in float64's 53-bit mantissa while the
 inner dimension (k, or C_in/groups * kh * kw) is below 2^21: larger ones raise.
 
 `force_limbs=True` selects the limb path on any device, so its exactness is tested on the CPU.
@@ -177,10 +177,14 @@ def _limb_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _combine(prods)
 
 
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
 def _out_hw(x, w, stride, padding, dilation) -> tuple[int, int]:
     """Output height and width of a 4-D conv2d with int or pair stride, padding and dilation."""
-    (kh, kw), pair = w.shape[-2:], (lambda v: (v, v) if isinstance(v, int) else tuple(v))
-    (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+    kh, kw = w.shape[-2:]
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     return (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
 
@@ -219,7 +223,9 @@ def _cpu_conv2d(x, w, stride, padding, dilation, groups):
         return int64_path()
     oh, ow = _out_hw(x, w, stride, padding, dilation)
     n_out = x.shape[0] * w.shape[0] * oh * ow
-    return _autotuned(("conv2d", tuple(x.shape), tuple(w.shape), stride, padding, dilation, groups), n_out * inner,
+    key = ("conv2d", tuple(x.shape), tuple(w.shape)) + tuple(  # hashable: a list argument becomes a tuple
+        v if isinstance(v, int) else tuple(v) for v in (stride, padding, dilation)) + (groups,)
+    return _autotuned(key, n_out * inner,
                       8 * (3 * (x.numel() + w.numel()) + 3 * n_out),
                       int64_path, lambda: _digit_product(x, w, lambda a, b: F.conv2d(
                           a, b, None, stride, padding, dilation, groups), inner))

@@ -280,6 +280,12 @@ def run_parts(parts: Sequence[Part], *, party, exchange: Callable = exchange) ->
     return out
 
 
+def roles(sender: int) -> tuple[int, int, int]:
+    """(s, n, p) = (sender, sender + 1, sender - 1) mod 3: the roles of the one-round sender protocols (convert.py,
+    bitsliced.py)."""
+    return sender % 3, (sender + 1) % 3, (sender - 1) % 3
+
+
 def balanced_bounds(n: int) -> list[tuple[int, int, int]]:
     """Split range(n) into three near-equal chunks [(sender, lo, hi)], chunk j led by P_j (empty chunks dropped):
     sizes ceil(n/3), ..., as torch.tensor_split."""

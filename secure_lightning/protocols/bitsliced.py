@@ -12,8 +12,8 @@ of the PRG draws differ (both members of a pair draw the same amounts in the sam
 
 A chunk of elements that does not fill whole bytes is padded to a multiple of 8 in the rows (`Layout`); the pad bits
 never travel: such a message carries the whole bytes of its rows, then the valid bits of their partly filled bytes
-packed together, ceil(valid bits / 8) bytes as the word form's stream. GPU tensors stay on the word form (`applies`); `ENABLED = False` keeps every call on
-it (to compare the two).
+packed together, ceil(valid bits / 8) bytes as the word form's stream. GPU tensors stay on the word form
+(`applies`); `ENABLED = False` keeps every call on it (to compare the two).
 """
 from __future__ import annotations
 
@@ -196,7 +196,7 @@ def _split_part(x: Shares, sender: int, z: int, lay: Layout, g_rows: Rows, p_row
                 party) -> B.Part:
     """convert._split_part on rows, for one chunk of layout `lay`: the same messages (p rows z..63, g rows z..62),
     the results written into g_rows / p_rows (shifted up one row: bit j at row j + 1) at columns `cols`."""
-    s, nx, pv = sender % 3, (sender + 1) % 3, (sender - 1) % 3
+    s, nx, pv = B.roles(sender)
     nb, lp, lg = lay.nbytes, 64 - z, 63 - z
 
     def put(g: Rows, p: Rows):

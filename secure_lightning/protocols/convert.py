@@ -29,10 +29,6 @@ RELAY_FROM = 2048
 CHUNK = 3 << 16  # elements per slice of a large comparison circuit (196,608: a multiple of 24, see `chunked`)
 
 
-def _roles(sender: int):
-    return sender % 3, (sender + 1) % 3, (sender - 1) % 3
-
-
 def chunked(n: int, step: int, fn) -> list:
     """Run fn(lo, hi) -> [Shares whose dim 0 has hi - lo entries] on consecutive slices [lo, hi) of range(n) of
     `step` entries, one slice after the other, each result written into a preallocated output. n <= step: fn(0, n).
@@ -63,7 +59,7 @@ def chunked(n: int, step: int, fn) -> list:
 
 def _split_part(x: Shares, sender: int, p_live: int, g_live: int, *, party) -> B.Part:
     """One sender's share of split_generate_propagate's round (all PRG draws happen here, before the round)."""
-    s, nx, pv = _roles(sender)
+    s, nx, pv = B.roles(sender)
     rank, shape, dev = party.rank, x.shape, x.cur.device
     gm, pm = B.as_i64(g_live), B.as_i64(p_live)
     if rank == s:
@@ -206,7 +202,7 @@ def _helper_sum(c, t, v, w, x_p, x_n, idx) -> torch.Tensor:
 
 def _inject_part(b: BinShares, items, sender: int, *, party) -> B.Part:
     """One sender's share of inject's round (all PRG draws happen here, before the round)."""
-    s, nx, pv = _roles(sender)
+    s, nx, pv = B.roles(sender)
     rank, dev = party.rank, b.cur.device
     shapes = [_out_shape(b, x, i) for x, i in items]
     if rank == s:
@@ -256,7 +252,7 @@ def _inject_part(b: BinShares, items, sender: int, *, party) -> B.Part:
 def _inject_relay_part(b: BinShares, items, sender: int, *, party) -> B.Part:
     """One sender's share of inject's first round in the relayed form; its result is the Part of the second round
     (P_n relays y_n to P_p), whose result is the outputs. All PRG draws happen here, before the first round."""
-    s, nx, pv = _roles(sender)
+    s, nx, pv = B.roles(sender)
     rank, dev = party.rank, b.cur.device
     shapes = [_out_shape(b, x, i) for x, i in items]
 
