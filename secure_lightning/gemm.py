@@ -5,8 +5,8 @@ matrix-vector products, and large 2-D products and convolutions also try an exac
 `_digit_product`) once per shape and keep the faster (`_autotuned`). On CUDA, where int64 GEMM/conv kernels do not
 exist, each operand is split into four unsigned 16-bit limbs held in float64; only the 10 limb pairs (i, j) with
 i + j < 4 contribute modulo 2^64. All 10 products run as one batched matmul (or one grouped conv), are cast back to
-int64, shifted by 16(i + j) and summed. A limb product is < 2^32, so a dot product is exact in float64's 53-bit mantissa while the
-inner dimension (k, or C_in/groups * kh * kw) is below 2^21: larger ones raise.
+int64, shifted by 16(i + j) and summed. A limb product is < 2^32, so a dot product is exact in float64's 53-bit
+mantissa while the inner dimension (k, or C_in/groups * kh * kw) is below 2^21: larger ones raise.
 
 `force_limbs=True` selects the limb path on any device, so its exactness is tested on the CPU.
 
